@@ -1,0 +1,38 @@
+# make demo | make test | make eval: each sets up .venv/ first (idempotent; only changed steps rerun).
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.stamps
+export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
+export MUJOCO_GL ?= egl
+export PYOPENGL_PLATFORM ?= egl
+
+INTERFACE_FILES := $(wildcard msg/*.msg srv/*.srv action/*.action) CMakeLists.txt package.xml
+TASK ?= pick
+INSTRUCTION ?= pick up the red cube
+EMBODIMENT ?= aloha2
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-quick clean
+setup: $(STAMP)/package
+
+$(STAMP)/system: scripts/setup_env.sh
+	@bash scripts/setup_env.sh system && mkdir -p $(STAMP) && touch $@
+$(STAMP)/deps: $(STAMP)/system requirements.txt scripts/fix_ros_wheel_cmake.py
+	@bash scripts/setup_env.sh deps && touch $@
+$(STAMP)/interfaces: $(STAMP)/deps $(INTERFACE_FILES)
+	@bash scripts/setup_env.sh interfaces && touch $@
+$(STAMP)/package: $(STAMP)/interfaces pyproject.toml
+	@bash scripts/setup_env.sh package && touch $@
+
+demo: setup
+	$(VENV)/bin/bimanual-vla demo --task "$(TASK)" --instruction "$(INSTRUCTION)" --embodiment $(EMBODIMENT)
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-quick: setup
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+clean:
+	rm -rf build $(VENV)

@@ -1,0 +1,1 @@
+"""Shared, dependency-light pieces of the stack: configuration, ROS conversions, CLI, bring-up."""
