@@ -9,7 +9,6 @@ export PYOPENGL_PLATFORM ?= egl
 
 INTERFACE_FILES := $(wildcard msg/*.msg srv/*.srv action/*.action) CMakeLists.txt package.xml
 TASK ?= pick
-INSTRUCTION ?= pick up the red cube
 EMBODIMENT ?= aloha2
 PYTEST_ARGS ?=
 
@@ -26,7 +25,7 @@ $(STAMP)/package: $(STAMP)/interfaces pyproject.toml
 	@bash scripts/setup_env.sh package && touch $@
 
 demo: setup
-	$(VENV)/bin/bimanual-vla demo --task "$(TASK)" --instruction "$(INSTRUCTION)" --embodiment $(EMBODIMENT)
+	$(VENV)/bin/bimanual-vla demo --task $(TASK) --embodiment $(EMBODIMENT)
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -1,1 +1,1 @@
-
+"""The /execute_instruction action server: screening, episode control, feedback, success checks."""

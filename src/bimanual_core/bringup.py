@@ -1,0 +1,133 @@
+"""Bring the stack up as separate processes, from `config/stack.yaml`.
+
+This is the equivalent of `launch/full_stack.launch.py` for machines without launch_ros; both take
+their node list and parameters from `node_launch_specs()`, so they cannot drift. No ROS imports.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from bimanual_core.config import StackConfig, load_stack
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """One node process: what runs, as which node, with which parameters."""
+
+    name: str
+    executable: str
+    module: str                  # "package.module:function" from pyproject's scripts
+    parameters: dict[str, Any]
+
+
+def _script_targets() -> dict[str, str]:
+    """Executable name -> entry point, from the installed distribution's console scripts."""
+    from importlib.metadata import entry_points
+    return {ep.name: ep.value for ep in entry_points(group="console_scripts")}
+
+
+def node_launch_specs(stack: StackConfig | None = None, embodiment: str | None = None,
+                      sim: bool = True, overrides: dict[str, dict[str, Any]] | None = None
+                      ) -> list[LaunchSpec]:
+    """The processes of the stack, with their final parameters.
+
+    Every node gets `embodiment` and `use_sim_time` (sim time when the simulator runs) unless its
+    own entry sets them; `overrides` maps node name -> parameters that win over the config.
+    """
+    stack = stack or load_stack()
+    targets = _script_targets()
+    overrides = overrides or {}
+    specs = []
+    for node in stack.selected_nodes(sim=sim):
+        params: dict[str, Any] = {"embodiment": embodiment or stack.embodiment,
+                                  "use_sim_time": bool(sim and stack.use_sim_time)}
+        params.update(node.parameters)
+        params.update(overrides.get(node.name, {}))
+        target = targets.get(node.executable)
+        if target is None:
+            raise RuntimeError(f"executable {node.executable!r} of node {node.name!r} is not "
+                               "installed; run `make setup`")
+        specs.append(LaunchSpec(node.name, node.executable, target, params))
+    return specs
+
+
+def ros_args(spec: LaunchSpec, params_file: Path) -> list[str]:
+    return ["--ros-args", "-r", f"__node:={spec.name}", "--params-file", str(params_file)]
+
+
+def write_params_file(spec: LaunchSpec, directory: Path) -> Path:
+    path = directory / f"{spec.name}.params.yaml"
+    path.write_text(yaml.safe_dump({"/**": {"ros__parameters": spec.parameters}}))
+    return path
+
+
+class StackProcesses:
+    """Start each node as its own process; stop them all (SIGINT, then SIGTERM, then SIGKILL)."""
+
+    def __init__(self, specs: list[LaunchSpec], log_dir: Path, env: dict[str, str] | None = None,
+                 echo: TextIO | None = None):
+        self.specs = specs
+        self.log_dir = Path(log_dir)
+        self.env = dict(os.environ if env is None else env)
+        self.env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+        self.env.setdefault("MUJOCO_GL", "egl")
+        self.env.setdefault("PYTHONUNBUFFERED", "1")
+        self.echo = echo
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for spec in self.specs:
+            module, func = spec.module.split(":")
+            params = write_params_file(spec, self.log_dir)
+            cmd = [sys.executable, "-c", f"import sys; from {module} import {func}; sys.exit({func}())",
+                   *ros_args(spec, params)]
+            log = open(self.log_dir / f"{spec.name}.log", "wb")
+            self.procs[spec.name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                                     env=self.env, start_new_session=True)
+            log.close()
+            if self.echo:
+                print(f"[up] started {spec.name} (pid {self.procs[spec.name].pid}), "
+                      f"log {self.log_dir / (spec.name + '.log')}", file=self.echo)
+
+    def dead(self) -> dict[str, int]:
+        """Nodes that exited, with their exit codes."""
+        return {n: p.returncode for n, p in self.procs.items() if p.poll() is not None}
+
+    def log_tail(self, name: str, lines: int = 20) -> str:
+        path = self.log_dir / f"{name}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    def stop(self, timeout: float = 10.0) -> dict[str, int]:
+        for sig, wait in ((signal.SIGINT, timeout), (signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0)):
+            alive = [p for p in self.procs.values() if p.poll() is None]
+            if not alive:
+                break
+            for p in alive:
+                try:
+                    os.killpg(p.pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + wait
+            for p in alive:
+                try:
+                    p.wait(max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    pass
+        return {n: p.returncode for n, p in self.procs.items()}
+
+    def __enter__(self) -> "StackProcesses":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,236 @@
+"""`bimanual-vla`: the user's entry point to the stack.
+
+    bimanual-vla up                       bring the stack up (MuJoCo ALOHA 2 by default); Ctrl-C stops it
+    bimanual-vla instruct "TEXT"          send an instruction to a running stack, print progress
+    bimanual-vla demo                     up + one instruction + a video of it, then shut down
+
+Exit codes: 0 success, 1 the instruction or the stack failed, 2 bad usage or no stack reachable,
+130 interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from bimanual_core.config import ConfigError, load_stack, repo_root
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _parse_overrides(items: list[str]) -> dict[str, dict[str, object]]:
+    """`node.param=value` strings -> {node: {param: value}} with YAML-typed values."""
+    import yaml
+    out: dict[str, dict[str, object]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        node, dot, param = key.partition(".")
+        if not sep or not dot or not node or not param:
+            raise SystemExit(f"--set expects node.param=value, got {item!r}")
+        out.setdefault(node, {})[param] = yaml.safe_load(value)
+    return out
+
+
+def _start_stack(args, log_dir: Path):
+    from bimanual_core.bringup import StackProcesses, node_launch_specs
+    overrides = _parse_overrides(args.set)
+    overrides.setdefault("aloha_sim", {}).update({"task": args.task, "seed": args.seed})
+    specs = node_launch_specs(embodiment=args.embodiment, sim=not args.real, overrides=overrides)
+    procs = StackProcesses(specs, log_dir, echo=sys.stdout)
+    procs.start()
+    return procs
+
+
+def _report_dead(procs) -> bool:
+    dead = procs.dead()
+    for name, code in dead.items():
+        print(f"[up] node {name} exited with code {code}; last lines of its log:\n"
+              f"{procs.log_tail(name)}", file=sys.stderr)
+    return bool(dead)
+
+
+def cmd_up(args) -> int:
+    from bimanual_core.client import StackClient
+    log_dir = Path(args.log_dir or repo_root() / "runs" / f"up-{datetime.now():%Y%m%d-%H%M%S}")
+    procs = _start_stack(args, log_dir)
+    try:
+        with StackClient(args.embodiment) as client:
+            deadline = time.monotonic() + args.ready_timeout
+            while not client.wait_ready(1.0):
+                if _report_dead(procs) or time.monotonic() > deadline:
+                    print("[up] the stack did not become ready", file=sys.stderr)
+                    return EXIT_FAILED
+            print(f"[up] stack ready ({len(procs.specs)} nodes). In another shell: "
+                  "bimanual-vla instruct \"pick up the red cube\". Ctrl-C stops everything.",
+                  flush=True)
+            while not _report_dead(procs):
+                time.sleep(0.5)
+            return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("\n[up] shutting down", flush=True)
+        return EXIT_OK
+    finally:
+        codes = procs.stop()
+        print(f"[up] stopped: {codes}", flush=True)
+
+
+def cmd_instruct(args) -> int:
+    from bimanual_core.client import StackClient, format_feedback
+    with StackClient(args.embodiment) as client:
+        try:
+            outcome = client.execute(args.instruction, task=args.task, policy=args.policy,
+                                     time_limit_s=args.time_limit,
+                                     on_feedback=lambda fb: print(format_feedback(fb), flush=True),
+                                     server_timeout=args.server_timeout)
+        except KeyboardInterrupt:
+            print("\ncanceled: the robot stops and holds its position", file=sys.stderr)
+            return EXIT_INTERRUPTED
+    print(f"result: {'SUCCESS' if outcome.success else 'FAILURE'} ({outcome.status}) "
+          f"in {outcome.duration_s:.1f} s: {outcome.reason}"
+          + (f" [checked by {outcome.success_check}]" if outcome.success_check else ""))
+    if outcome.status == "unreachable":
+        return EXIT_USAGE
+    return EXIT_OK if outcome.success else EXIT_FAILED
+
+
+def save_episode_media(frames, out_dir: Path, fps: float) -> list[Path]:
+    """Write the episode as an MP4 and a strip of 6 frames (PNG)."""
+    import imageio.v2 as imageio
+    import numpy as np
+    written = []
+    if not frames:
+        return written
+    out_dir.mkdir(parents=True, exist_ok=True)
+    video = out_dir / "episode.mp4"
+    try:
+        imageio.mimwrite(video, frames, fps=fps, macro_block_size=1)
+        written.append(video)
+    except Exception as exc:  # noqa: BLE001 - the strip below is still worth writing
+        print(f"[demo] could not write the video ({exc}); writing the strip only", file=sys.stderr)
+    picks = np.linspace(0, len(frames) - 1, num=min(6, len(frames))).round().astype(int)
+    strip = out_dir / "strip.png"
+    imageio.imwrite(strip, np.concatenate([frames[i] for i in picks], axis=1))
+    written.append(strip)
+    return written
+
+
+def cmd_demo(args) -> int:
+    from bimanual_core.client import StackClient, format_feedback
+    from bimanual_core.instructions import parse_instruction
+    from instruction_server.success import ObjectState, judge, load_success_criteria
+    import numpy as np
+
+    os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 100)))
+    out_dir = Path(args.out or repo_root() / "runs" / f"demo-{datetime.now():%Y%m%d-%H%M%S}")
+    t_start = time.monotonic()
+    procs = _start_stack(args, out_dir / "logs")
+    try:
+        with StackClient(args.embodiment, record_camera=args.camera) as client:
+            print("[demo] waiting for the stack ...", flush=True)
+            deadline = time.monotonic() + args.ready_timeout
+            while not client.wait_ready(1.0):
+                if _report_dead(procs) or time.monotonic() > deadline:
+                    print("[demo] the stack did not become ready", file=sys.stderr)
+                    return EXIT_FAILED
+            print(f"[demo] stack ready after {time.monotonic() - t_start:.1f} s; "
+                  f"instruction: \"{args.instruction}\"", flush=True)
+            outcome = client.execute(args.instruction, time_limit_s=args.time_limit,
+                                     on_feedback=lambda fb: print(format_feedback(fb), flush=True))
+            print(f"[demo] result: {'SUCCESS' if outcome.success else 'FAILURE'} "
+                  f"({outcome.status}, checked by {outcome.success_check or '-'}): {outcome.reason}")
+            time.sleep(0.5)
+            independent_ok = True
+            if client.objects_first is not None and client.objects_last is not None:
+                snap = lambda m: {o.label: ObjectState(  # noqa: E731
+                    o.label, np.array([o.pose.position.x, o.pose.position.y, o.pose.position.z]),
+                    np.array([o.size.x, o.size.y, o.size.z])) for o in m.objects}
+                verdict = judge(parse_instruction(args.instruction), snap(client.objects_first),
+                                snap(client.objects_last), load_success_criteria())
+                independent_ok = verdict.success
+                print(f"[demo] simulator state: {verdict.reason}")
+            media = save_episode_media(list(client.frames), out_dir, fps=args.video_fps)
+            for path in media:
+                print(f"[demo] saved {path}")
+            ok = outcome.success and independent_ok
+            if _report_dead(procs):
+                ok = False
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    finally:
+        procs.stop()
+    print(f"[demo] {'done' if ok else 'FAILED'} in {time.monotonic() - t_start:.1f} s "
+          f"(logs in {out_dir / 'logs'})")
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def _add_stack_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--embodiment", default=None, help="config/<name>.yaml (default from stack.yaml)")
+    p.add_argument("--real", action="store_true", help="drive the real robot instead of MuJoCo")
+    p.add_argument("--task", default="pick", help="simulation scene: pick, place, handover")
+    p.add_argument("--seed", type=int, default=0, help="simulation scene seed")
+    p.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE",
+                   help="override a node parameter, e.g. --set action_decoder.blend=naive")
+    p.add_argument("--ready-timeout", type=float, default=120.0,
+                   help="seconds to wait for the stack to come up")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bimanual-vla", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="bring the stack up; Ctrl-C shuts it down")
+    _add_stack_args(up)
+    up.add_argument("--log-dir", default=None, help="where node logs go (default runs/up-<time>)")
+    up.set_defaults(func=cmd_up)
+
+    ins = sub.add_parser("instruct", help="send an instruction to a running stack")
+    ins.add_argument("instruction", help='e.g. "pick up the red cube"')
+    ins.add_argument("--task", default="", help="task hint (pick, place, handover)")
+    ins.add_argument("--policy", default="", help="backbone policy for this goal")
+    ins.add_argument("--time-limit", type=float, default=0.0, help="seconds (0 = server default)")
+    ins.add_argument("--server-timeout", type=float, default=30.0,
+                     help="seconds to wait for the action server")
+    ins.add_argument("--embodiment", default="aloha2")
+    ins.set_defaults(func=cmd_instruct)
+
+    demo = sub.add_parser("demo", help="bring up the simulated stack, run one instruction, record it")
+    _add_stack_args(demo)
+    demo.add_argument("--instruction", default=None,
+                      help="default: the task's instruction from config/tasks.yaml")
+    demo.add_argument("--time-limit", type=float, default=120.0)
+    demo.add_argument("--camera", default="cam_high", help="camera to record")
+    demo.add_argument("--video-fps", type=float, default=10.0)
+    demo.add_argument("--out", default=None, help="output directory (default runs/demo-<time>)")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    try:
+        if getattr(args, "embodiment", "x") is None:
+            args.embodiment = load_stack().embodiment
+        if args.command == "demo" and args.instruction is None:
+            import yaml
+            tasks = yaml.safe_load(open(repo_root() / "config" / "tasks.yaml"))["tasks"]
+            if args.task not in tasks:
+                print(f"unknown task {args.task!r}; known: {', '.join(tasks)}", file=sys.stderr)
+                return EXIT_USAGE
+            args.instruction = tasks[args.task]["instruction"]
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

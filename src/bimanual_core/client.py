@@ -1,0 +1,156 @@
+"""A client of a running stack: sends instructions, watches the scene, records a camera.
+
+Used by `bimanual-vla instruct`, `bimanual-vla demo` and the end-to-end tests, so that all three
+talk to the stack exactly as a user's program would: over the /execute_instruction action and the
+published topics.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import rclpy
+from rclpy.action import ActionClient
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import Image
+
+from bimanual_core.config import load_embodiment, load_stack
+from bimanual_core.ros_conversions import (RELIABLE_QOS, SENSOR_QOS, image_to_numpy,
+                                           time_to_sec)
+from bimanual_vla.action import ExecuteInstruction
+from bimanual_vla.msg import Observation, SimObjectArray
+
+
+@dataclass
+class InstructionOutcome:
+    accepted: bool
+    success: bool
+    reason: str
+    duration_s: float
+    success_check: str
+    status: str          # "succeeded", "aborted", "canceled", "rejected", "unreachable"
+
+
+class StackClient:
+    """Owns an rclpy context + node spun in a background thread."""
+
+    def __init__(self, embodiment: str = "aloha2", record_camera: str | None = None,
+                 domain_id: int | None = None):
+        self.context = rclpy.Context()
+        kwargs = {"domain_id": domain_id} if domain_id is not None else {}
+        rclpy.init(context=self.context, **kwargs)
+        self.node = Node("bimanual_vla_client", context=self.context)
+        names = load_stack().interfaces
+        emb = load_embodiment(embodiment)
+        self._action = ActionClient(self.node, ExecuteInstruction, names["execute_instruction_action"])
+        self.frames: list[np.ndarray] = []
+        self.objects_first: SimObjectArray | None = None
+        self.objects_last: SimObjectArray | None = None
+        self.sim_time: float | None = None
+        self.observations = 0
+        self._lock = threading.Lock()
+        self.node.create_subscription(Clock, "/clock", self._on_clock, SENSOR_QOS)
+        self.node.create_subscription(Observation, names["observation_topic"],
+                                      self._on_observation, SENSOR_QOS)
+        if emb.simulation.get("objects_topic"):
+            self.node.create_subscription(SimObjectArray, emb.simulation["objects_topic"],
+                                          self._on_objects, RELIABLE_QOS)
+        if record_camera:
+            self.node.create_subscription(Image, emb.camera(record_camera).image_topic,
+                                          self._on_image, SENSOR_QOS)
+        self._executor = SingleThreadedExecutor(context=self.context)
+        self._executor.add_node(self.node)
+        self._thread = threading.Thread(target=self._executor.spin, daemon=True)
+        self._thread.start()
+
+    def _on_clock(self, msg: Clock) -> None:
+        self.sim_time = time_to_sec(msg.clock)
+
+    def _on_observation(self, _msg: Observation) -> None:
+        self.observations += 1
+
+    def _on_objects(self, msg: SimObjectArray) -> None:
+        with self._lock:
+            if self.objects_first is None:
+                self.objects_first = msg
+            self.objects_last = msg
+
+    def _on_image(self, msg: Image) -> None:
+        frame = image_to_numpy(msg, want_rgb=True)
+        with self._lock:
+            self.frames.append(frame)
+
+    def wait_ready(self, timeout: float, need_observation: bool = True) -> bool:
+        """True once the action server is up and (optionally) observations flow."""
+        deadline = time.monotonic() + timeout
+        if not self._action.wait_for_server(timeout_sec=timeout):
+            return False
+        while need_observation and self.observations == 0:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def execute(self, instruction: str, task: str = "", policy: str = "", time_limit_s: float = 0.0,
+                on_feedback: Callable[[ExecuteInstruction.Feedback], None] | None = None,
+                server_timeout: float = 30.0, cancel_after_s: float | None = None
+                ) -> InstructionOutcome:
+        """Send one goal and wait for its result. Ctrl-C cancels the goal before re-raising."""
+        if not self._action.wait_for_server(timeout_sec=server_timeout):
+            return InstructionOutcome(False, False, "no /execute_instruction server is running "
+                                      "(start the stack with `bimanual-vla up`)", 0.0, "",
+                                      "unreachable")
+        goal = ExecuteInstruction.Goal(instruction=instruction, task=task, policy=policy,
+                                       time_limit_s=float(time_limit_s))
+        feedback_cb = (lambda fb: on_feedback(fb.feedback)) if on_feedback else None
+        sent = self._action.send_goal_async(goal, feedback_callback=feedback_cb)
+        handle = self._wait(sent, server_timeout)
+        if handle is None or not handle.accepted:
+            return InstructionOutcome(False, False, "the server rejected the goal", 0.0, "",
+                                      "rejected")
+        result_future = handle.get_result_async()
+        started = time.monotonic()
+        try:
+            while not result_future.done():
+                if cancel_after_s is not None and time.monotonic() - started > cancel_after_s:
+                    self._wait(handle.cancel_goal_async(), 10.0)
+                    cancel_after_s = None
+                time.sleep(0.02)
+        except KeyboardInterrupt:
+            self._wait(handle.cancel_goal_async(), 5.0)
+            self._wait(result_future, 10.0)
+            raise
+        wrapped = result_future.result()
+        status = {4: "succeeded", 5: "canceled", 6: "aborted"}.get(wrapped.status, str(wrapped.status))
+        r = wrapped.result
+        return InstructionOutcome(True, r.success, r.reason, r.duration_s, r.success_check, status)
+
+    @staticmethod
+    def _wait(future, timeout: float):
+        deadline = time.monotonic() + timeout
+        while not future.done():
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.01)
+        return future.result()
+
+    def close(self) -> None:
+        self._executor.shutdown(timeout_sec=1.0)
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+        self._thread.join(timeout=2.0)
+
+    def __enter__(self) -> "StackClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def format_feedback(fb: ExecuteInstruction.Feedback) -> str:
+    return f"[{fb.elapsed_s:6.1f} s] {fb.phase:<10} {fb.progress * 100:5.1f} %  {fb.description}"

@@ -1,0 +1,80 @@
+"""Judge whether an atomic task succeeded from the simulator's ground truth (no ROS imports).
+
+The thresholds come from config/tasks.yaml (`success` of the task of the same kind), so the demo,
+the tests and the evaluation judge alike. The verdict is made from object poses, never from the
+policy's own claim.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+import yaml
+
+from bimanual_core.config import config_dir
+from bimanual_core.instructions import TaskSpec
+
+
+@dataclass(frozen=True)
+class ObjectState:
+    label: str
+    position: np.ndarray   # world frame, metres
+    size: np.ndarray       # full extents, metres
+
+
+@dataclass(frozen=True)
+class Verdict:
+    success: bool
+    reason: str
+
+
+def load_success_criteria(path=None) -> dict[str, dict[str, Any]]:
+    """Task kind -> its `success` block from config/tasks.yaml."""
+    path = path or config_dir() / "tasks.yaml"
+    tasks = yaml.safe_load(open(path))["tasks"]
+    return {kind: task["success"] for kind, task in tasks.items()}
+
+
+def _find(objects: Mapping[str, ObjectState], label: str) -> ObjectState | None:
+    if label in objects:
+        return objects[label]
+    words = set(label.split())
+    matches = [o for name, o in objects.items() if words <= set(name.split())]
+    return matches[0] if len(matches) == 1 else None
+
+
+def judge(spec: TaskSpec, initial: Mapping[str, ObjectState], final: Mapping[str, ObjectState],
+          criteria: Mapping[str, Mapping[str, Any]]) -> Verdict:
+    """Did the task described by `spec` happen between the two snapshots (label -> state)?"""
+    obj0, obj1 = _find(initial, spec.object), _find(final, spec.object)
+    if obj0 is None or obj1 is None:
+        return Verdict(False, f"there is no single '{spec.object}' in the scene "
+                              f"(objects: {', '.join(sorted(final)) or 'none'})")
+    rule = criteria.get(spec.kind, {})
+    rise = float(obj1.position[2] - obj0.position[2])
+    if spec.kind == "pick":
+        need = float(rule.get("min_height", 0.05))
+        ok = rise >= need
+        return Verdict(ok, f"the {obj1.label} is {rise * 100:.1f} cm above where it started "
+                           f"({'>=' if ok else '<'} {need * 100:.0f} cm)")
+    if spec.kind == "place":
+        container = _find(final, spec.target or "")
+        if container is None:
+            return Verdict(False, f"there is no single '{spec.target}' in the scene")
+        offset = float(np.linalg.norm(obj1.position[:2] - container.position[:2]))
+        radius = float(container.size[0]) / 2.0
+        resting = obj1.position[2] <= container.position[2] + container.size[2] + obj1.size[2]
+        ok = offset <= radius and resting
+        return Verdict(ok, f"the {obj1.label} is {offset * 100:.1f} cm from the centre of the "
+                           f"{container.label} (radius {radius * 100:.1f} cm)"
+                           + ("" if resting else ", above it rather than in it"))
+    if spec.kind == "handover":
+        need = float(rule.get("min_height", 0.05))
+        receiver = spec.target or "right_arm"
+        on_side = obj1.position[0] > 0 if receiver == "right_arm" else obj1.position[0] < 0
+        ok = rise >= need and on_side
+        side = "right" if obj1.position[0] > 0 else "left"
+        return Verdict(ok, f"the {obj1.label} is {rise * 100:.1f} cm up, on the {side} arm's side "
+                           f"(wanted: held by the {receiver.replace('_', ' ')})")
+    return Verdict(False, f"no success check for task kind {spec.kind!r}")
