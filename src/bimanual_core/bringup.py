@@ -25,7 +25,7 @@ class LaunchSpec:
 
     name: str
     executable: str
-    module: str                  # "package.module:function" from pyproject's scripts
+    module: str | None           # "package.module:function"; None when only `ros2 run` knows it
     parameters: dict[str, Any]
 
 
@@ -52,11 +52,7 @@ def node_launch_specs(stack: StackConfig | None = None, embodiment: str | None =
                                   "use_sim_time": bool(sim and stack.use_sim_time)}
         params.update(node.parameters)
         params.update(overrides.get(node.name, {}))
-        target = targets.get(node.executable)
-        if target is None:
-            raise RuntimeError(f"executable {node.executable!r} of node {node.name!r} is not "
-                               "installed; run `make setup`")
-        specs.append(LaunchSpec(node.name, node.executable, target, params))
+        specs.append(LaunchSpec(node.name, node.executable, targets.get(node.executable), params))
     return specs
 
 
@@ -87,6 +83,9 @@ class StackProcesses:
     def start(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for spec in self.specs:
+            if spec.module is None:
+                raise RuntimeError(f"executable {spec.executable!r} of node {spec.name!r} is not "
+                                   "installed in this Python environment; run `make setup`")
             module, func = spec.module.split(":")
             params = write_params_file(spec, self.log_dir)
             cmd = [sys.executable, "-c", f"import sys; from {module} import {func}; sys.exit({func}())",
