@@ -8,11 +8,14 @@ The node list and every parameter come from config/stack.yaml through the same f
 `bimanual-vla up` uses on machines without launch_ros, so the two cannot drift.
 """
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+import os
+
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
 from bimanual_core.bringup import node_launch_specs
+from bimanual_core.config import runtime_environment
 
 
 def _nodes(context):
@@ -26,7 +29,11 @@ def _nodes(context):
 
 
 def generate_launch_description():
-    return LaunchDescription([
+    env: dict[str, str] = dict(os.environ)
+    runtime_environment(env)
+    keep_set = [SetEnvironmentVariable(k, env[k]) for k in
+                ("ROS_AUTOMATIC_DISCOVERY_RANGE", "FASTDDS_DEFAULT_PROFILES_FILE", "MUJOCO_GL")]
+    return LaunchDescription(keep_set + [
         DeclareLaunchArgument("embodiment", default_value="aloha2",
                               description="config/<embodiment>.yaml to run"),
         DeclareLaunchArgument("sim", default_value="true",

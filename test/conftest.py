@@ -8,9 +8,10 @@ import os
 
 import pytest
 
+from bimanual_core.config import runtime_environment
+
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-os.environ.setdefault("MUJOCO_GL", "egl")
-os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+runtime_environment(os.environ)
 
 # Linux allows domain ids 0..101 with the default port mapping; spread test runs over 1..100.
 _domains = itertools.count(1 + (os.getpid() * 7) % 100)

@@ -16,7 +16,7 @@ from typing import Any, TextIO
 
 import yaml
 
-from bimanual_core.config import StackConfig, load_stack
+from bimanual_core.config import StackConfig, load_stack, runtime_environment
 
 
 @dataclass(frozen=True)
@@ -74,8 +74,7 @@ class StackProcesses:
         self.specs = specs
         self.log_dir = Path(log_dir)
         self.env = dict(os.environ if env is None else env)
-        self.env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-        self.env.setdefault("MUJOCO_GL", "egl")
+        runtime_environment(self.env)
         self.env.setdefault("PYTHONUNBUFFERED", "1")
         self.echo = echo
         self.procs: dict[str, subprocess.Popen] = {}

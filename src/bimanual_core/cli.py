@@ -17,7 +17,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from bimanual_core.config import ConfigError, load_stack, repo_root
+from bimanual_core.config import (ConfigError, load_stack, load_tasks, repo_root,
+                                   runtime_environment)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -212,14 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    os.environ.setdefault("MUJOCO_GL", "egl")
+    runtime_environment(os.environ)
     try:
         if getattr(args, "embodiment", "x") is None:
             args.embodiment = load_stack().embodiment
         if args.command == "demo" and args.instruction is None:
-            import yaml
-            tasks = yaml.safe_load(open(repo_root() / "config" / "tasks.yaml"))["tasks"]
+            tasks = load_tasks()["tasks"]
             if args.task not in tasks:
                 print(f"unknown task {args.task!r}; known: {', '.join(tasks)}", file=sys.stderr)
                 return EXIT_USAGE

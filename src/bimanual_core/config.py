@@ -38,6 +38,19 @@ def config_dir() -> Path:
             f"cannot find the {PACKAGE_NAME} config directory; set {CONFIG_DIR_ENV}") from exc
 
 
+def runtime_environment(env: "dict[str, str] | os._Environ[str]") -> None:
+    """Fill in the environment every process of the stack runs with (existing values win).
+
+    Discovery stays on this host, Fast DDS uses the project's shared-memory transport profile
+    (camera images drop frames with the default transports on a loaded machine), and MuJoCo
+    renders headless.
+    """
+    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    env.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(config_dir() / "fastdds_profile.xml"))
+    env.setdefault("MUJOCO_GL", "egl")
+    env.setdefault("PYOPENGL_PLATFORM", env["MUJOCO_GL"])
+
+
 def repo_root() -> Path:
     """The directory holding config/ (the checkout root, or the ament share directory)."""
     return config_dir().parent
@@ -80,6 +93,11 @@ class CameraSpec:
     @property
     def segmentation_topic(self) -> str:
         return f"/{self.name}/segmentation"
+
+    @property
+    def pose_topic(self) -> str:
+        """geometry_msgs/PoseStamped of the camera's optical frame in the world (simulation)."""
+        return f"/{self.name}/pose"
 
 
 @dataclass(frozen=True)
@@ -176,6 +194,15 @@ def load_embodiment(name_or_path: str | os.PathLike = "aloha2") -> Embodiment:
     if len(set(emb.joint_names)) != emb.action_dim:
         raise ConfigError(f"{path}: duplicate joint names")
     return emb
+
+
+def load_tasks(path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """`config/tasks.yaml`: `colours` and `tasks` (scenes, instructions, success criteria)."""
+    path = Path(path) if path else config_dir() / "tasks.yaml"
+    data = _read_yaml(path)
+    if "tasks" not in data or "colours" not in data:
+        raise ConfigError(f"{path} must hold `colours` and `tasks`")
+    return data
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
-import yaml
-
-from bimanual_core.config import config_dir
+from bimanual_core.config import load_tasks
 from bimanual_core.instructions import TaskSpec
 
 
@@ -31,9 +29,7 @@ class Verdict:
 
 def load_success_criteria(path=None) -> dict[str, dict[str, Any]]:
     """Task kind -> its `success` block from config/tasks.yaml."""
-    path = path or config_dir() / "tasks.yaml"
-    tasks = yaml.safe_load(open(path))["tasks"]
-    return {kind: task["success"] for kind, task in tasks.items()}
+    return {kind: task["success"] for kind, task in load_tasks(path)["tasks"].items()}
 
 
 def _find(objects: Mapping[str, ObjectState], label: str) -> ObjectState | None:
