@@ -1,0 +1,252 @@
+"""ROS 2 node `er_perception`: embodied-reasoning queries (boxes, points, trajectories, grasps).
+
+Keeps the latest synchronised frame of every camera (colour, depth, segmentation, intrinsics and
+optical-frame pose with matching stamps; SENSOR_QOS) and, in simulation, the ground-truth object
+list, and answers bimanual_vla/ErQuery on `interfaces.er_query_service` with the configured
+backend (`er_perception.backends`). Results use Gemini Robotics-ER conventions (0..1000, [y, x]);
+with `with_3d` they carry world-frame positions. The response header holds the stamp of the image
+answered from and the world frame (the frame of every position_3d, from the camera pose). Every answer is also drawn: a MarkerArray on
+/er_perception/markers and an annotated copy of the image on /er_perception/annotated_image
+(both latched, so RViz shows the last answer when it connects).
+
+A query that cannot run (unknown camera or query type, no frame yet, empty query, unreadable
+image) returns success=false and the reason. A query that runs but finds nothing (an object not in
+view) returns success=true with empty results and the backend's explanation in `message`.
+
+Parameters:
+  embodiment (str, "aloha2"): config/<embodiment>.yaml (cameras and the simulator's topics).
+  backend (str, "sim"): the ER backend; see er_perception.backends.BACKENDS.
+  default_camera (str, "cam_high"): camera used when a request leaves `camera` empty.
+"""
+from __future__ import annotations
+
+import time
+from functools import partial
+
+import numpy as np
+import rclpy
+from geometry_msgs.msg import Point as PointMsg
+from geometry_msgs.msg import PoseStamped, Vector3
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.time import Time
+from sensor_msgs.msg import CameraInfo, Image
+from visualization_msgs.msg import MarkerArray
+
+from bimanual_core.config import load_embodiment, load_stack
+from bimanual_core.ros_conversions import (LATCHED_QOS, RELIABLE_QOS, SENSOR_QOS,
+                                           ImageEncodingError, image_to_numpy, numpy_to_image)
+from bimanual_vla.msg import ErBox, ErGrasp, ErPoint, ErTrajectory, SimObjectArray
+from bimanual_vla.srv import ErQuery
+from er_perception.annotate import annotate
+from er_perception.backends import make_backend
+from er_perception.backends.base import CameraFrame, ErInputError, SceneObject, normalise_query
+from er_perception.frame_store import FrameStore, MatchedParts
+from er_perception.geometry import CameraPose, GeometryError
+from er_perception.markers import MarkerBuilder
+
+MARKER_TOPIC = "/er_perception/markers"
+ANNOTATED_IMAGE_TOPIC = "/er_perception/annotated_image"
+# query_type -> (backend method, kind of result: a MarkerBuilder method and an annotate argument)
+QUERY_METHODS = {ErQuery.Request.BOXES: ("detect", "boxes"),
+                 ErQuery.Request.POINTS: ("point", "points"),
+                 ErQuery.Request.TRAJECTORY: ("trajectory", "trajectories"),
+                 ErQuery.Request.GRASPS: ("grasp", "grasps")}
+DEPTH_SCALES = {"32FC1": 1.0, "16UC1": 1e-3, "mono16": 1e-3}    # to metres (REP 118: mm in 16 bit)
+SEGMENTATION_ENCODINGS = ("16UC1", "mono16", "8UC1", "mono8", "32SC1")
+
+
+def _stamp_ns(stamp) -> int:
+    return Time.from_msg(stamp).nanoseconds
+
+
+def _point_msg(p: np.ndarray | None) -> tuple[bool, PointMsg]:
+    if p is None:
+        return False, PointMsg()
+    return True, PointMsg(x=float(p[0]), y=float(p[1]), z=float(p[2]))
+
+
+class ErPerception(Node):
+    def __init__(self) -> None:
+        super().__init__("er_perception")
+        self.declare_parameter("embodiment", "aloha2")
+        self.declare_parameter("backend", "sim")
+        self.declare_parameter("default_camera", "cam_high")
+        p = lambda name: self.get_parameter(name).value  # noqa: E731
+
+        embodiment = load_embodiment(p("embodiment"))
+        self._default_camera = str(p("default_camera"))
+        embodiment.camera(self._default_camera)          # raises with the known names
+        self._backend = make_backend(str(p("backend")))
+        self._store = FrameStore(list(embodiment.cameras))
+        self._objects: tuple[SceneObject, ...] = ()
+
+        for name, spec in embodiment.cameras.items():
+            for stream, topic, kind in (("rgb", spec.image_topic, Image),
+                                        ("depth", spec.depth_topic, Image),
+                                        ("segmentation", spec.segmentation_topic, Image),
+                                        ("pose", spec.pose_topic, PoseStamped)):
+                self.create_subscription(kind, topic, partial(self._on_part, name, stream),
+                                         SENSOR_QOS)
+            self.create_subscription(CameraInfo, spec.info_topic,
+                                     partial(self._store.set_info, name), SENSOR_QOS)
+        objects_topic = embodiment.simulation.get("objects_topic")
+        if objects_topic:
+            self.create_subscription(SimObjectArray, objects_topic, self._on_objects,
+                                     RELIABLE_QOS)
+        self._marker_pub = self.create_publisher(MarkerArray, MARKER_TOPIC, LATCHED_QOS)
+        self._image_pub = self.create_publisher(Image, ANNOTATED_IMAGE_TOPIC, LATCHED_QOS)
+        service = load_stack().interfaces["er_query_service"]
+        self.create_service(ErQuery, service, self._on_query)
+        self.get_logger().info(f"ER backend {self._backend.name!r} serving {service}")
+
+    def _on_part(self, camera: str, stream: str, msg) -> None:
+        self._store.add(camera, stream, _stamp_ns(msg.header.stamp), msg)
+
+    def _on_objects(self, msg: SimObjectArray) -> None:
+        self._objects = tuple(SceneObject(o.label, o.segmentation_id, o.name)
+                              for o in msg.objects)
+
+    # -- frames ----------------------------------------------------------------------------------
+    def _frame(self, camera: str, matched: MatchedParts) -> CameraFrame:
+        """Convert a matched set of messages; raises ErInputError saying what is unusable."""
+        parts = matched.parts
+        try:
+            rgb = image_to_numpy(parts["rgb"], want_rgb=True)
+            depth = segmentation = None
+            if "depth" in parts:
+                msg = parts["depth"]
+                if msg.encoding not in DEPTH_SCALES:
+                    raise ImageEncodingError(f"depth encoding {msg.encoding!r} is not one of "
+                                             f"{', '.join(DEPTH_SCALES)}")
+                depth = image_to_numpy(msg).astype(np.float32) * DEPTH_SCALES[msg.encoding]
+            if "segmentation" in parts:
+                msg = parts["segmentation"]
+                if msg.encoding not in SEGMENTATION_ENCODINGS:
+                    raise ImageEncodingError(f"segmentation encoding {msg.encoding!r} is not one "
+                                             f"of {', '.join(SEGMENTATION_ENCODINGS)}")
+                segmentation = image_to_numpy(msg)
+        except ImageEncodingError as exc:
+            raise ErInputError(f"{camera}: {exc}") from None
+        info = matched.info
+        if info.width and (info.width, info.height) != (rgb.shape[1], rgb.shape[0]):
+            raise ErInputError(f"{camera}: camera info is for {info.width}x{info.height}, the "
+                               f"image is {rgb.shape[1]}x{rgb.shape[0]}")
+        pose, world_frame = None, "world"
+        if "pose" in parts:
+            msg = parts["pose"]
+            q, t = msg.pose.orientation, msg.pose.position
+            try:
+                pose = CameraPose.from_quat_wxyz([t.x, t.y, t.z], [q.w, q.x, q.y, q.z])
+            except GeometryError as exc:
+                raise ErInputError(f"{camera}: bad camera pose: {exc}") from None
+            world_frame = msg.header.frame_id or world_frame
+        return CameraFrame(camera=camera, stamp_ns=matched.stamp_ns, rgb=rgb,
+                           K=np.asarray(info.k, dtype=float).reshape(3, 3), pose=pose,
+                           depth=depth, segmentation=segmentation, objects=self._objects,
+                           world_frame=world_frame)
+
+    # -- service ---------------------------------------------------------------------------------
+    def _on_query(self, request: ErQuery.Request, response: ErQuery.Response) -> ErQuery.Response:
+        start = time.perf_counter()
+        response.camera = camera = request.camera or self._default_camera
+        kind = QUERY_METHODS.get(request.query_type)
+        try:
+            if kind is None:
+                raise ErInputError(
+                    f"unknown query_type {request.query_type}; expected "
+                    f"{', '.join(f'{k} ({v[1]})' for k, v in QUERY_METHODS.items())}")
+            if camera not in self._store.cameras:
+                raise ErInputError(f"unknown camera {camera!r}; known: "
+                                   f"{', '.join(self._store.cameras)}")
+            normalise_query(request.query)
+            matched = self._store.latest(camera)
+            if matched is None:
+                raise ErInputError(f"no frame from {camera} yet (image and camera info needed)")
+            frame = self._frame(camera, matched)
+            answer = getattr(self._backend, kind[0])(frame, request.query,
+                                                     int(request.max_results))
+        except (ErInputError, GeometryError) as exc:
+            response.success, response.message = False, str(exc)
+        else:
+            self._fill(response, frame, matched, kind[1], answer, request.with_3d)
+            self._publish_visuals(frame, matched, kind[1], answer)
+        response.latency_ms = (time.perf_counter() - start) * 1e3
+        log = self.get_logger().info if response.success else self.get_logger().warn
+        log(f"query {request.query_type} {request.query!r} on {camera}: "
+            f"{'ok' if response.success else 'failed'}"
+            f"{': ' + response.message if response.message else ''} "
+            f"({response.latency_ms:.1f} ms)")
+        return response
+
+    def _fill(self, response: ErQuery.Response, frame: CameraFrame, matched: MatchedParts,
+              results: str, answer, with_3d: bool) -> None:
+        def located(p):
+            return _point_msg(p if with_3d else None)
+
+        def er_point(p) -> ErPoint:
+            has, pos = located(p.position_3d)
+            return ErPoint(label=p.label, score=float(p.score), y=float(p.y), x=float(p.x),
+                           has_position_3d=has, position_3d=pos)
+
+        response.success = True
+        notes = [answer.message] if answer.message else []
+        if matched.missing:
+            notes.append(f"answered without {', '.join(matched.missing)} (no message at the "
+                         "image's stamp)")
+        if with_3d and not frame.has_3d:
+            notes.append(f"no 3D: {frame.camera} has no depth or pose at this stamp")
+        response.message = "; ".join(notes)
+        response.header.stamp = Time(nanoseconds=frame.stamp_ns).to_msg()
+        response.header.frame_id = frame.world_frame
+        response.image_width, response.image_height = frame.width, frame.height
+        if results == "boxes":
+            for b in answer:
+                has, pos = located(b.position_3d)
+                size = b.size_3d if has else np.zeros(3)
+                response.boxes.append(ErBox(
+                    label=b.label, score=float(b.score), box_2d=[float(v) for v in b.box_2d],
+                    has_position_3d=has, position_3d=pos,
+                    size_3d=Vector3(x=float(size[0]), y=float(size[1]), z=float(size[2]))))
+        elif results == "points":
+            response.points = [er_point(p) for p in answer]
+        elif results == "trajectories":
+            response.trajectories = [ErTrajectory(label=t.label, score=float(t.score),
+                                                  points=[er_point(p) for p in t.points])
+                                     for t in answer]
+        else:
+            for g in answer:
+                has, pos = located(g.position_3d)
+                response.grasps.append(ErGrasp(
+                    label=g.label, score=float(g.score), y=float(g.y), x=float(g.x),
+                    angle=float(g.angle), width=float(g.width), has_position_3d=has,
+                    position_3d=pos))
+
+    def _publish_visuals(self, frame: CameraFrame, matched: MatchedParts, results: str,
+                         answer) -> None:
+        stamp = Time(nanoseconds=frame.stamp_ns).to_msg()
+        markers = MarkerBuilder(frame, stamp)
+        getattr(markers, results)(answer)
+        self._marker_pub.publish(markers.array)
+        drawn = annotate(frame.rgb, **{results: answer})
+        self._image_pub.publish(numpy_to_image(drawn, "rgb8", stamp,
+                                               matched.parts["rgb"].header.frame_id))
+
+
+def main(args=None) -> int:
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = ErPerception()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    main()
