@@ -1,0 +1,340 @@
+"""ROS 2 node `action_decoder`: action chunks from the backbone -> a safe command stream.
+
+The local half of the cloud-backbone + local-decoder split: it asks the backbone for chunks
+early enough to hide its latency, merges them (``blend``), limits every command and publishes
+one per control period in the driver's form. The algorithms live in ``scheduler``, ``safety`` and
+``controller`` (no ROS); this module only moves messages. States are described in
+``controller``.
+
+Parameters, read once at start-up. Defaults as listed; a value under this node's ``parameters``
+in config/stack.yaml replaces the default (the stack sets blend, watchdog_timeout_s, dry_run):
+- ``embodiment`` (str, the stack's embodiment): joints, limits, control rate, driver topics.
+- ``blend`` (str, "rtc"): naive | ensemble | weighted | rtc (see ``scheduler``).
+- ``watchdog_timeout_s`` (float, 0.5): executing this long without an action -> brake and hold.
+- ``dry_run`` (bool, false): compute everything and publish metrics, never publish commands.
+- ``command_interface`` (str, driver.command_interface): "forward_position"
+  (std_msgs/Float64MultiArray on driver.forward_position_topic) or "joint_trajectory"
+  (trajectory_msgs/JointTrajectory on driver.joint_trajectory_topic, one point one period ahead).
+- ``output_rate_hz`` (float, control_rate_hz): command rate; above the chunk rate the targets are
+  interpolated linearly between actions.
+- ``request_timeout_s`` (float, 2.0): a chunk request unanswered this long counts as failed.
+- ``min_queue_s`` (float, 0.5): actions that should still be queued when a requested chunk
+  arrives: the safety margin against latency spikes and the overlap the blend works over.
+
+Interfaces (names from config/stack.yaml ``interfaces``): client ``get_chunk_service``; services
+``decoder_start_service`` and ``decoder_hold_service`` (std_srvs/Trigger) and ``~/estop``
+(std_srvs/SetBool); subscriptions to the driver's joint states and ``estop_topic``
+(std_msgs/Bool, true engages, latched until false); publishes ``decoder_metrics_topic``
+(bimanual_vla/DecoderMetrics, 1 Hz and on state changes) and /diagnostics. The e-stop takes
+effect at the next tick: from then on every command brakes at the acceleration limit (what
+"stop" means is in ``safety``). Its subscription is reliable and volatile, so it matches any
+reliable publisher, latched (transient local) or not.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import rclpy
+from bimanual_vla.msg import DecoderMetrics
+from bimanual_vla.srv import GetActionChunk
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.task import Future
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Bool, Float64MultiArray
+from std_srvs.srv import SetBool, Trigger
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from bimanual_core.config import ConfigError, load_embodiment, load_stack
+from bimanual_core.ros_conversions import (RELIABLE_QOS, duration_to_sec, sec_to_duration,
+                                           sec_to_time, time_to_sec)
+
+from .controller import Chunk, DecoderCore, DecoderState, TickOutput
+from .safety import MotionState, SafetyLimiter
+from .scheduler import DEFAULT_STRATEGY, STRATEGIES, ChunkScheduler
+
+COMMAND_INTERFACES = ("forward_position", "joint_trajectory")
+METRICS_PERIOD_S = 1.0
+
+
+class ActionDecoderNode(Node):
+    """Thin ROS adapter around DecoderCore; every core call happens under one lock."""
+
+    def __init__(self, **kwargs):
+        super().__init__("action_decoder", **kwargs)
+        stack = load_stack()
+        self._stack_params = stack.node("action_decoder").parameters
+        emb_name = self._param("embodiment", stack.embodiment, "embodiment config name")
+        self.embodiment = load_embodiment(emb_name)
+        emb = self.embodiment
+        blend = self._param("blend", DEFAULT_STRATEGY,
+                            f"chunk merge strategy: {', '.join(STRATEGIES)}")
+        watchdog = self._param("watchdog_timeout_s", 0.5,
+                               "seconds without an action before braking to a hold")
+        self.dry_run = self._param("dry_run", False,
+                                   "compute and publish metrics, never publish commands")
+        interface = self._param("command_interface", emb.driver["command_interface"],
+                                f"driver command form: {', '.join(COMMAND_INTERFACES)}")
+        rate = self._param("output_rate_hz", emb.control_rate_hz,
+                           "command rate; interpolates between actions above the chunk rate")
+        request_timeout = self._param("request_timeout_s", 2.0,
+                                      "seconds before an unanswered chunk request counts as failed")
+        min_queue = self._param("min_queue_s", 0.5,
+                                "seconds of actions still queued when a requested chunk arrives")
+        if blend not in STRATEGIES:
+            raise ValueError(f"parameter blend={blend!r}: choose one of {STRATEGIES}")
+        if interface not in COMMAND_INTERFACES:
+            raise ValueError(f"parameter command_interface={interface!r}: choose one of "
+                             f"{COMMAND_INTERFACES}")
+        for name, value in (("watchdog_timeout_s", watchdog), ("output_rate_hz", rate),
+                            ("request_timeout_s", request_timeout)):
+            if not value > 0:
+                raise ValueError(f"parameter {name}={value} must be > 0")
+        if not min_queue >= 0:
+            raise ValueError(f"parameter min_queue_s={min_queue} must be >= 0")
+
+        self.output_period = 1.0 / rate
+        scheduler = ChunkScheduler(emb.action_dim, emb.control_period, blend, min_queue=min_queue)
+        self.core = DecoderCore(
+            SafetyLimiter.from_embodiment(emb, self.output_period), scheduler, emb.joint_names,
+            self.output_period, watchdog, request_timeout,
+            conditioning_steps=emb.chunk_horizon if blend == "rtc" else 0,
+            logger=self.get_logger())
+        self._lock = threading.Lock()
+        self._joint_positions: np.ndarray | None = None
+        self._joint_state_problem = "no joint state received yet"
+        self._futures: dict[int, Future] = {}
+        self._published_state = self.core.state
+
+        names = stack.interfaces
+        control_group = MutuallyExclusiveCallbackGroup()
+        io_group = MutuallyExclusiveCallbackGroup()
+        client_group = MutuallyExclusiveCallbackGroup()
+        self._interface = interface
+        if interface == "forward_position":
+            self._command_pub = self.create_publisher(
+                Float64MultiArray, emb.driver["forward_position_topic"], RELIABLE_QOS)
+        else:
+            self._command_pub = self.create_publisher(
+                JointTrajectory, emb.driver["joint_trajectory_topic"], RELIABLE_QOS)
+        self._metrics_pub = self.create_publisher(DecoderMetrics, names["decoder_metrics_topic"],
+                                                  RELIABLE_QOS)
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", RELIABLE_QOS)
+        self._client = self.create_client(GetActionChunk, names["get_chunk_service"],
+                                          callback_group=client_group)
+        self.create_subscription(JointState, emb.driver["joint_states_topic"], self._on_joint_state,
+                                 RELIABLE_QOS, callback_group=io_group)
+        self.create_subscription(Bool, names["estop_topic"], self._on_estop_topic, RELIABLE_QOS,
+                                 callback_group=io_group)
+        self.create_service(Trigger, names["decoder_start_service"], self._on_start,
+                            callback_group=io_group)
+        self.create_service(Trigger, names["decoder_hold_service"], self._on_hold,
+                            callback_group=io_group)
+        self.create_service(SetBool, "~/estop", self._on_estop_service, callback_group=io_group)
+        # Timers run on the node's clock, so under use_sim_time they follow /clock.
+        self.create_timer(self.output_period, self._on_tick, callback_group=control_group)
+        self.create_timer(METRICS_PERIOD_S, self._publish_metrics, callback_group=io_group)
+        self.get_logger().info(
+            f"{emb.name}: {blend} blending, {rate:g} Hz {interface} commands"
+            f"{' (dry run: none published)' if self.dry_run else ''}, chunks from "
+            f"{names['get_chunk_service']}")
+
+    def _param(self, name: str, default, description: str):
+        """Declare a read-only parameter; config/stack.yaml's value, if any, is the default."""
+        default = type(default)(self._stack_params.get(name, default))
+        descriptor = ParameterDescriptor(description=description, read_only=True)
+        return self.declare_parameter(name, default, descriptor).value
+
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    # ---- control loop ---------------------------------------------------------------------
+    def _on_tick(self) -> None:
+        with self._lock:
+            now = self._now()
+            out = self.core.tick(now)
+            self._handle_expired(out)
+            if out.request is not None:
+                self._send_request(out)
+        if out.command is not None and not self.dry_run:
+            self._publish_command(out.command)
+        self._publish_metrics_on_change()
+
+    def _publish_command(self, command: MotionState) -> None:
+        if self._interface == "forward_position":
+            self._command_pub.publish(Float64MultiArray(data=command.position.tolist()))
+            return
+        point = JointTrajectoryPoint(positions=command.position.tolist(),
+                                     velocities=command.velocity.tolist(),
+                                     time_from_start=sec_to_duration(self.output_period))
+        # A zero stamp tells the trajectory controller to start the point on receipt.
+        self._command_pub.publish(JointTrajectory(joint_names=self.embodiment.joint_names,
+                                                  points=[point]))
+
+    # ---- chunk requests -------------------------------------------------------------------
+    def _send_request(self, out: TickOutput) -> None:
+        request = out.request
+        if not self._client.service_is_ready():
+            self.core.on_request_failed(request.sent_at, request.request_id,
+                                        "backbone service not available")
+            return
+        msg = GetActionChunk.Request(request_id=request.request_id,
+                                     execute_from=sec_to_time(request.execute_from),
+                                     conditioning=request.conditioning.ravel().tolist(),
+                                     conditioning_steps=len(request.conditioning))
+        future = self._client.call_async(msg)
+        self._futures[request.request_id] = future
+        future.add_done_callback(lambda f, rid=request.request_id: self._on_response(rid, f))
+
+    def _handle_expired(self, out: TickOutput) -> None:
+        future = self._futures.pop(out.expired_request, None) if out.expired_request else None
+        if future is not None:
+            self._client.remove_pending_request(future)
+
+    def _on_response(self, request_id: int, future: Future) -> None:
+        with self._lock:
+            self._futures.pop(request_id, None)
+            now = self._now()
+            exc = future.exception()
+            if exc is not None or future.result() is None:
+                self.core.on_request_failed(now, request_id, f"call failed: {exc}")
+                return
+            response = future.result()
+            if not response.success:
+                self.core.on_request_failed(now, request_id,
+                                            f"backbone says: {response.message or 'no reason'}")
+                return
+            msg = response.chunk
+            chunk = Chunk(stamp=time_to_sec(msg.header.stamp), joint_names=list(msg.joint_names),
+                          control_period=duration_to_sec(msg.control_period),
+                          horizon=int(msg.horizon), actions=np.asarray(msg.actions, dtype=float),
+                          request_id=int(msg.request_id))
+            self.core.on_chunk(now, chunk, request_id)
+        self._publish_metrics_on_change()
+
+    # ---- inputs ---------------------------------------------------------------------------
+    def _on_joint_state(self, msg: JointState) -> None:
+        """Keep the latest positions in action order; the driver may order joints differently."""
+        index = {name: i for i, name in enumerate(msg.name)}
+        missing = [n for n in self.embodiment.joint_names if n not in index]
+        problem = None
+        if missing:
+            problem = f"joint_states lacks {missing}"
+        elif len(msg.position) != len(msg.name):
+            problem = f"joint_states has {len(msg.name)} names but {len(msg.position)} positions"
+        else:
+            positions = np.array([msg.position[index[n]] for n in self.embodiment.joint_names])
+            if not np.all(np.isfinite(positions)):
+                problem = "joint_states holds non-finite positions"
+        with self._lock:
+            if problem is None:
+                self._joint_positions, self._joint_state_problem = positions, ""
+            elif problem != self._joint_state_problem:
+                self.get_logger().warning(f"ignoring joint state: {problem}")
+                self._joint_state_problem = problem
+
+    def _on_start(self, request, response):
+        with self._lock:
+            positions = self._joint_positions
+            ok, message = self.core.start(self._now(), positions)
+            if not ok and positions is None:
+                message = self._joint_state_problem
+        response.success, response.message = ok, message
+        self._publish_metrics_on_change()
+        return response
+
+    def _on_hold(self, request, response):
+        with self._lock:
+            response.success, response.message = self.core.hold()
+        self._publish_metrics_on_change()
+        return response
+
+    def _set_estop(self, engaged: bool) -> tuple[bool, str]:
+        with self._lock:
+            result = self.core.set_estop(engaged)
+        self._publish_metrics_on_change()
+        return result
+
+    def _on_estop_topic(self, msg: Bool) -> None:
+        self._set_estop(bool(msg.data))
+
+    def _on_estop_service(self, request, response):
+        response.success, response.message = self._set_estop(bool(request.data))
+        return response
+
+    # ---- reporting ------------------------------------------------------------------------
+    def _publish_metrics_on_change(self) -> None:
+        if self.core.state is not self._published_state:
+            self._publish_metrics()
+
+    def _publish_metrics(self) -> None:
+        with self._lock:
+            now = self._now()
+            core, c = self.core, self.core.counters
+            self._published_state = core.state
+            last_latency = core.latency.last
+            msg = DecoderMetrics(
+                state=core.state.value, loop_period_mean_ms=core.loop.mean_ms,
+                loop_jitter_p99_ms=core.loop.jitter_p99_ms, ticks=c.ticks,
+                missed_ticks=c.missed_ticks, stalls=c.stalls, queue_depth=core.queue_depth(now),
+                backbone_latency_ms=1e3 * last_latency if last_latency is not None else 0.0,
+                chunks_received=c.chunks_received, chunks_rejected=c.chunks_rejected,
+                blends=c.blends, limit_clamps=c.limit_clamps, estops=c.estops,
+                last_rejection=c.last_rejection)
+            request_failures = c.request_failures
+        msg.header.stamp = sec_to_time(now)
+        self._metrics_pub.publish(msg)
+        self._diag_pub.publish(self._diagnostics(msg, request_failures))
+
+    def _diagnostics(self, m: DecoderMetrics, request_failures: int) -> DiagnosticArray:
+        if m.state == DecoderState.ESTOPPED.value:
+            level, summary = DiagnosticStatus.ERROR, "e-stop engaged"
+        elif m.state == DecoderState.HOLDING.value:
+            level, summary = DiagnosticStatus.WARN, "holding"
+        else:
+            level, summary = DiagnosticStatus.OK, m.state
+        fields = {
+            "state": m.state, "loop_period_mean_ms": f"{m.loop_period_mean_ms:.3f}",
+            "loop_jitter_p99_ms": f"{m.loop_jitter_p99_ms:.3f}", "ticks": m.ticks,
+            "missed_ticks": m.missed_ticks, "stalls": m.stalls, "queue_depth": m.queue_depth,
+            "backbone_latency_ms": f"{m.backbone_latency_ms:.1f}",
+            "chunks_received": m.chunks_received, "chunks_rejected": m.chunks_rejected,
+            "request_failures": request_failures, "blends": m.blends,
+            "limit_clamps": m.limit_clamps, "estops": m.estops, "last_rejection": m.last_rejection,
+            "dry_run": self.dry_run}
+        status = DiagnosticStatus(level=level, name="action_decoder: control",
+                                  message=summary, hardware_id=self.embodiment.name,
+                                  values=[KeyValue(key=k, value=str(v)) for k, v in fields.items()])
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = m.header.stamp
+        return array
+
+
+def main(args=None) -> int:
+    """Run the decoder until SIGINT/SIGTERM; returns 1 on bad parameters or configuration."""
+    rclpy.init(args=args)
+    node = None
+    try:
+        try:
+            node = ActionDecoderNode()
+        except (ValueError, ConfigError) as exc:
+            rclpy.logging.get_logger("action_decoder").fatal(f"cannot start: {exc}")
+            return 1
+        executor = MultiThreadedExecutor(num_threads=4)
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
