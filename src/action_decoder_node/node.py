@@ -283,14 +283,13 @@ class ActionDecoderNode(Node):
                 missed_ticks=c.missed_ticks, stalls=c.stalls, queue_depth=core.queue_depth(now),
                 backbone_latency_ms=1e3 * last_latency if last_latency is not None else 0.0,
                 chunks_received=c.chunks_received, chunks_rejected=c.chunks_rejected,
-                blends=c.blends, limit_clamps=c.limit_clamps, estops=c.estops,
-                last_rejection=c.last_rejection)
-            request_failures = c.request_failures
+                request_failures=c.request_failures, blends=c.blends,
+                limit_clamps=c.limit_clamps, estops=c.estops, last_rejection=c.last_rejection)
         msg.header.stamp = sec_to_time(now)
         self._metrics_pub.publish(msg)
-        self._diag_pub.publish(self._diagnostics(msg, request_failures))
+        self._diag_pub.publish(self._diagnostics(msg))
 
-    def _diagnostics(self, m: DecoderMetrics, request_failures: int) -> DiagnosticArray:
+    def _diagnostics(self, m: DecoderMetrics) -> DiagnosticArray:
         if m.state == DecoderState.ESTOPPED.value:
             level, summary = DiagnosticStatus.ERROR, "e-stop engaged"
         elif m.state == DecoderState.HOLDING.value:
@@ -303,7 +302,7 @@ class ActionDecoderNode(Node):
             "missed_ticks": m.missed_ticks, "stalls": m.stalls, "queue_depth": m.queue_depth,
             "backbone_latency_ms": f"{m.backbone_latency_ms:.1f}",
             "chunks_received": m.chunks_received, "chunks_rejected": m.chunks_rejected,
-            "request_failures": request_failures, "blends": m.blends,
+            "request_failures": m.request_failures, "blends": m.blends,
             "limit_clamps": m.limit_clamps, "estops": m.estops, "last_rejection": m.last_rejection,
             "dry_run": self.dry_run}
         status = DiagnosticStatus(level=level, name="action_decoder: control",

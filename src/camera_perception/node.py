@@ -104,7 +104,7 @@ class CameraPerception(Node):
             rgb = resize_rgb(image_to_numpy(msg, want_rgb=True), *self._size)
         except (ImageEncodingError, ValueError) as exc:
             self._sync.add_bad_frame(camera, stamp, now, str(exc))
-            self.get_logger().warn(f"{camera}: frame rejected: {exc}",
+            self.get_logger().warning(f"{camera}: frame rejected: {exc}",
                                    throttle_duration_sec=WARN_THROTTLE_S)
             return
         self._sync.add_frame(camera, stamp, now, (rgb, msg.header.frame_id))
@@ -114,7 +114,7 @@ class CameraPerception(Node):
         try:
             sample = self._joints.reorder(msg.name, msg.position, msg.velocity, msg.effort)
         except ValueError as exc:
-            self.get_logger().warn(f"joint state rejected: {exc}",
+            self.get_logger().warning(f"joint state rejected: {exc}",
                                    throttle_duration_sec=WARN_THROTTLE_S)
             return
         stamp = _stamp_ns(msg.header.stamp) or now     # unstamped drivers: use arrival time
@@ -132,7 +132,7 @@ class CameraPerception(Node):
             obs.images.append(numpy_to_image(rgb, "rgb8", Time(nanoseconds=frame.stamp_ns).to_msg(),
                                              frame_id or self._specs[name].frame_id))
         if synced.joint_state is None:
-            self.get_logger().warn("no joint state near the observation time; publishing without",
+            self.get_logger().warning("no joint state near the observation time; publishing without",
                                    throttle_duration_sec=WARN_THROTTLE_S)
         else:
             sample = synced.joint_state.data

@@ -148,9 +148,11 @@ class InstructionServer(Node):
                 goal_handle.succeed()
             else:
                 goal_handle.abort()
-            log = self.get_logger().info if success else self.get_logger().warning
-            log(f"'{goal_handle.request.instruction}': {'succeeded' if success else 'failed'}: "
-                f"{reason}")
+            # One call site per severity: rclpy refuses a call site that changes severity.
+            if success:
+                self.get_logger().info(f"'{goal_handle.request.instruction}' succeeded: {reason}")
+            else:
+                self.get_logger().warning(f"'{goal_handle.request.instruction}' failed: {reason}")
             return result
 
         if not self._busy.acquire(blocking=False):
