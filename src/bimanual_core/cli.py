@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import signal
 import sys
 import time
 from datetime import datetime
@@ -211,9 +212,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt_on_signals() -> None:
+    """Ctrl-C and SIGTERM both shut the stack down cleanly, also when started in the background
+    (where a non-interactive shell leaves SIGINT ignored)."""
+    def interrupt(_signum, _frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     runtime_environment(os.environ)
+    _interrupt_on_signals()
     try:
         if getattr(args, "embodiment", "x") is None:
             args.embodiment = load_stack().embodiment

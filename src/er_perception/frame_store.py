@@ -7,6 +7,7 @@ same stamp (within `STAMP_TOLERANCE_NS`); camera info changes rarely and is take
 """
 from __future__ import annotations
 
+import threading
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -26,11 +27,14 @@ class MatchedParts:
 
 
 class FrameStore:
+    """Thread-safe: subscriptions add while a query thread reads."""
+
     def __init__(self, cameras: Sequence[str], depth: int = 5):
         if depth < 1:
             raise ValueError("depth must be at least 1")
         self._buffers = {c: {s: deque(maxlen=depth) for s in STREAMS} for c in cameras}
         self._info: dict[str, Any] = {}
+        self._lock = threading.Lock()
 
     @property
     def cameras(self) -> list[str]:
@@ -39,15 +43,21 @@ class FrameStore:
     def add(self, camera: str, stream: str, stamp_ns: int, payload: Any) -> None:
         if stream not in STREAMS:
             raise ValueError(f"unknown stream {stream!r}; known: {STREAMS}")
-        self._buffers[camera][stream].append((stamp_ns, payload))
+        with self._lock:
+            self._buffers[camera][stream].append((stamp_ns, payload))
 
     def set_info(self, camera: str, payload: Any) -> None:
-        self._info[camera] = payload
+        with self._lock:
+            self._info[camera] = payload
 
     def latest(self, camera: str) -> MatchedParts | None:
         """Newest complete frame; if none is complete, the newest colour image with the parts
         that match it (the caller decides whether what is missing matters). None until a colour
         image and camera info have arrived."""
+        with self._lock:
+            return self._latest(camera)
+
+    def _latest(self, camera: str) -> MatchedParts | None:
         buffers = self._buffers[camera]
         if not buffers["rgb"] or camera not in self._info:
             return None

@@ -17,6 +17,8 @@ Parameters:
   embodiment (str, "aloha2"): config/<embodiment>.yaml (cameras and the simulator's topics).
   backend (str, "sim"): the ER backend; see er_perception.backends.BACKENDS.
   default_camera (str, "cam_high"): camera used when a request leaves `camera` empty.
+  frame_wait_s (float, 3.0): a query that arrives before the camera's first frame (just after
+    bring-up) waits this long (wall clock) for it before failing with "no frame yet".
 """
 from __future__ import annotations
 
@@ -27,7 +29,8 @@ import numpy as np
 import rclpy
 from geometry_msgs.msg import Point as PointMsg
 from geometry_msgs.msg import PoseStamped, Vector3
-from rclpy.executors import ExternalShutdownException
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, Image
@@ -72,7 +75,11 @@ class ErPerception(Node):
         self.declare_parameter("embodiment", "aloha2")
         self.declare_parameter("backend", "sim")
         self.declare_parameter("default_camera", "cam_high")
+        self.declare_parameter("frame_wait_s", 3.0)
         p = lambda name: self.get_parameter(name).value  # noqa: E731
+        self._frame_wait = float(p("frame_wait_s"))
+        if not self._frame_wait >= 0:
+            raise ValueError(f"parameter frame_wait_s must be >= 0, got {self._frame_wait}")
 
         embodiment = load_embodiment(p("embodiment"))
         self._default_camera = str(p("default_camera"))
@@ -97,7 +104,9 @@ class ErPerception(Node):
         self._marker_pub = self.create_publisher(MarkerArray, MARKER_TOPIC, LATCHED_QOS)
         self._image_pub = self.create_publisher(Image, ANNOTATED_IMAGE_TOPIC, LATCHED_QOS)
         service = load_stack().interfaces["er_query_service"]
-        self.create_service(ErQuery, service, self._on_query)
+        # Its own group: a query may wait for a first frame while the subscriptions deliver it.
+        self.create_service(ErQuery, service, self._on_query,
+                            callback_group=MutuallyExclusiveCallbackGroup())
         self.get_logger().info(f"ER backend {self._backend.name!r} serving {service}")
 
     def _on_part(self, camera: str, stream: str, msg) -> None:
@@ -161,6 +170,10 @@ class ErPerception(Node):
                                    f"{', '.join(self._store.cameras)}")
             normalise_query(request.query)
             matched = self._store.latest(camera)
+            deadline = time.monotonic() + self._frame_wait
+            while matched is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+                matched = self._store.latest(camera)
             if matched is None:
                 raise ErInputError(f"no frame from {camera} yet (image and camera info needed)")
             frame = self._frame(camera, matched)
@@ -172,11 +185,15 @@ class ErPerception(Node):
             self._fill(response, frame, matched, kind[1], answer, request.with_3d)
             self._publish_visuals(frame, matched, kind[1], answer)
         response.latency_ms = (time.perf_counter() - start) * 1e3
-        log = self.get_logger().info if response.success else self.get_logger().warn
-        log(f"query {request.query_type} {request.query!r} on {camera}: "
-            f"{'ok' if response.success else 'failed'}"
-            f"{': ' + response.message if response.message else ''} "
-            f"({response.latency_ms:.1f} ms)")
+        summary = (f"query {request.query_type} {request.query!r} on {camera}: "
+                   f"{'ok' if response.success else 'failed'}"
+                   f"{': ' + response.message if response.message else ''} "
+                   f"({response.latency_ms:.1f} ms)")
+        # One call site per severity: rclpy refuses a call site that changes severity.
+        if response.success:
+            self.get_logger().info(summary)
+        else:
+            self.get_logger().warning(summary)
         return response
 
     def _fill(self, response: ErQuery.Response, frame: CameraFrame, matched: MatchedParts,
@@ -238,7 +255,9 @@ def main(args=None) -> int:
     node = None
     try:
         node = ErPerception()
-        rclpy.spin(node)
+        executor = MultiThreadedExecutor(num_threads=2)
+        executor.add_node(node)
+        executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

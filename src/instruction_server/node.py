@@ -166,8 +166,14 @@ class InstructionServer(Node):
         goal = goal_handle.request
         t0 = self._now()
         feedback = ExecuteInstruction.Feedback()
+        last_sent = {"what": None, "at": 0.0}
 
         def report(phase: str, progress: float, description: str) -> None:
+            """Send feedback when something changed, and at least once a second."""
+            what = (phase, round(progress, 2), description)
+            if what == last_sent["what"] and time.monotonic() - last_sent["at"] < 1.0:
+                return
+            last_sent.update(what=what, at=time.monotonic())
             feedback.phase, feedback.progress, feedback.description = phase, progress, description
             feedback.elapsed_s = self._now() - t0
             goal_handle.publish_feedback(feedback)
