@@ -12,7 +12,7 @@ VENV=$ROOT/.venv
 PY=$VENV/bin/python
 
 step_system() {
-  local pkgs=(libegl1 libegl-mesa0 libgl1-mesa-dri libgles2 libosmesa6)
+  local pkgs=(libegl1 libegl-mesa0 libgl1-mesa-dri libgles2)
   local missing=()
   for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
   [ ${#missing[@]} -eq 0 ] && return 0

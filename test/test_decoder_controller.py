@@ -108,7 +108,11 @@ def test_estop_latches_until_released():
     assert core.set_estop(True)[0] and core.counters.estops == 1
     core.set_estop(False)
     assert core.state is DecoderState.HOLDING
-    assert run(core, 2.0, 0.5)[-1][1].position == pytest.approx(held)
+    # Released at rest: one more hold command at the braked position, then idle (the driver
+    # holds); nothing moves until the next start.
+    published = [out for _, out in run(core, 2.0, 0.5) if out is not None]
+    assert published and all(out.position == pytest.approx(held) for out in published)
+    assert core.state is DecoderState.IDLE
     assert core.start(2.5, EMB.home)[0] and core.state is DecoderState.EXECUTING
 
 
@@ -117,8 +121,9 @@ def test_hold_brakes_and_ignores_chunks():
     core.start(0.0, EMB.home)
     run(core, 0.0, 1.0)
     assert core.hold() == (True, "holding")
-    commands = run(core, 1.0, 1.0)
-    assert core.state is DecoderState.HOLDING and commands[-1][1].at_rest
+    commands = [out for _, out in run(core, 1.0, 1.0) if out is not None]
+    assert commands[-1].at_rest
+    assert core.state is DecoderState.IDLE      # at rest: the driver holds the last command
 
 
 @pytest.mark.parametrize("changes,reason", [

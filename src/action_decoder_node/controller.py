@@ -1,13 +1,14 @@
 """The decoder's state machine, without ROS: chunks in, one safe command per control tick out.
 
 States:
-- ``idle``: nothing started; no command is published and the driver holds the robot.
+- ``idle``: not started, or a requested hold is complete; no command is published and the
+  driver holds the robot at the last command. ``start`` begins from the measured joints.
 - ``executing``: each tick follows the chunk queue through the safety limiter and asks the
   backbone for the next chunk in time. With no action available it brakes (a stall); after
   ``watchdog_timeout_s`` without one it goes to ``holding`` and keeps asking for chunks.
-- ``holding``: brakes to a stop at the acceleration limit, then keeps commanding that position.
-  A hold the watchdog entered resumes by itself as soon as a chunk covers the present; a
-  requested hold (service, e-stop release) waits for ``start``.
+- ``holding``: brakes to a stop at the acceleration limit. A hold the watchdog entered keeps
+  commanding the stop position and resumes by itself as soon as a chunk covers the present; a
+  requested hold (service, e-stop release) goes ``idle`` once at rest and waits for ``start``.
 - ``estopped``: brakes and holds like ``holding``, ignores chunks and start requests, and stays
   so until the e-stop is released.
 
@@ -156,11 +157,12 @@ class DecoderCore:
         return True, "executing"
 
     def hold(self) -> tuple[bool, str]:
-        """Brake to a stop and hold; chunks are ignored until the next start."""
+        """Brake to a stop, then go idle (the driver holds); chunks are ignored until the next
+        start."""
         if self.state is DecoderState.ESTOPPED:
             return False, "e-stop engaged"
         if self.command is None:
-            return False, "nothing to hold: the decoder has not started"
+            return True, "idle: the driver holds the last command"
         self.scheduler.clear()
         self._hold_resumes = False
         self._set_state(DecoderState.HOLDING, "hold requested")
@@ -208,7 +210,14 @@ class DecoderCore:
             c.limit_clamps += self.command.clamped
         else:
             self.command = self.limiter.brake(self.command)
-        return TickOutput(self.command, self._maybe_request(now), expired)
+        output = TickOutput(self.command, self._maybe_request(now), expired)
+        if self.state is DecoderState.HOLDING and not self._hold_resumes and self.command.at_rest:
+            # A requested hold is complete: the driver holds the last command (ros2_control and
+            # xs_sdk both do), and the next start begins from the measured joints, so a robot
+            # moved meanwhile (a simulator reset, a person) is never dragged back.
+            self.command = None
+            self._set_state(DecoderState.IDLE, "hold complete: at rest")
+        return output
 
     @property
     def _wants_chunks(self) -> bool:
