@@ -49,6 +49,9 @@ def _reset_scene(client: StackClient) -> None:
 
 
 def _object_z(client: StackClient, label: str) -> float:
+    deadline = time.monotonic() + 10.0
+    while client.objects_last is None and time.monotonic() < deadline:
+        time.sleep(0.05)
     msg = client.objects_last
     return next(o.pose.position.z for o in msg.objects if o.label == label)
 
