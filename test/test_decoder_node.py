@@ -281,16 +281,17 @@ def test_decoder_follows_chunks_survives_a_dead_backbone_and_latches_the_estop(w
     assert world.step(10) == 0
     assert world.metrics.state == "estopped" and world.metrics.estops == 1
 
-    # Released by the topic: holding until started again; the service engages and releases too.
+    # Released by the topic: at rest already, so the decoder goes idle (the driver holds) until
+    # started again; the service engages and releases too.
     world.estop_pub.publish(Bool(data=False))
-    world.wait_metrics(lambda m: m.state == "holding", max_ticks=50)
+    world.wait_metrics(lambda m: m.state == "idle", max_ticks=50, expect_commands=False)
     assert world.call(world.estop_client, SetBool.Request(data=True)).success
     world.wait_metrics(lambda m: m.state == "estopped", max_ticks=50)
     assert world.call(world.estop_client, SetBool.Request(data=False)).success
     assert world.call(world.start_client, Trigger.Request()).success
     world.wait_metrics(lambda m: m.state == "executing", max_ticks=50)
     assert world.call(world.hold_client, Trigger.Request()).success
-    metrics = world.wait_metrics(lambda m: m.state == "holding", max_ticks=50)
+    metrics = world.wait_metrics(lambda m: m.state == "idle", max_ticks=50, expect_commands=False)
     assert metrics.estops == 2 and metrics.missed_ticks <= 0.02 * metrics.ticks
     assert metrics.loop_period_mean_ms == pytest.approx(20.0, abs=1.0)
 
