@@ -35,13 +35,11 @@ from __future__ import annotations
 import threading
 
 import numpy as np
-import rclpy
 from bimanual_vla.msg import DecoderMetrics
 from bimanual_vla.srv import GetActionChunk
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.task import Future
 from sensor_msgs.msg import JointState
@@ -49,7 +47,8 @@ from std_msgs.msg import Bool, Float64MultiArray
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from bimanual_core.config import ConfigError, load_embodiment, load_stack
+from bimanual_core.config import load_embodiment, load_stack
+from bimanual_core.node_runner import run_node
 from bimanual_core.ros_conversions import (RELIABLE_QOS, duration_to_sec, sec_to_duration,
                                            sec_to_time, time_to_sec)
 
@@ -314,29 +313,12 @@ class ActionDecoderNode(Node):
 
 
 def main(args=None) -> int:
-    """Run the decoder until SIGINT/SIGTERM; returns 1 on bad parameters or configuration."""
-    rclpy.init(args=args)
-    node = None
-    try:
-        try:
-            node = ActionDecoderNode()
-        except (ValueError, ConfigError) as exc:
-            rclpy.logging.get_logger("action_decoder").fatal(f"cannot start: {exc}")
-            return 1
-        # No callback here blocks (chunk requests are asynchronous), so one thread serves them
-        # all. A MultiThreadedExecutor with a sim-time timer busy-spins between a /clock step
-        # and the worker picking the tick up (measured: ~1 CPU core at 50 Hz, ticks ~100 ms
-        # late on 2 cores); single-threaded: a few percent.
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    """Run the decoder until SIGINT/SIGTERM; exits 2 on bad parameters or configuration."""
+    # No callback here blocks (chunk requests are asynchronous), so one thread serves them all.
+    # A MultiThreadedExecutor with a sim-time timer busy-spins between a /clock step and the
+    # worker picking the tick up (measured: ~1 CPU core at 50 Hz, ticks ~100 ms late on 2 cores);
+    # single-threaded: a few percent.
+    return run_node(ActionDecoderNode, "action_decoder", args)
 
 
 if __name__ == "__main__":

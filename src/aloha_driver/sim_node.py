@@ -11,7 +11,9 @@ sim time, which stays monotonic across resets.
 Parameters (defaults from config/<embodiment>.yaml `simulation:`):
   embodiment (str, "aloha2")         embodiment config to load
   task (str, "pick")                 task of config/tasks.yaml: pick, place, handover
-  seed (int, 0)                      object layout seed; /sim/reset moves to the next seed
+  seed (int >= 0, 0)                 object layout seed. /sim/reset re-samples the scene with the
+                                     seed last set here since the previous reset (an evaluation
+                                     sets it, then resets), otherwise with the current seed + 1
   camera_rate_hz (float)             camera frames (and ground-truth objects) per simulated second
   image_width, image_height (int)    render size of every camera
   real_time_factor (float)           upper bound on sim speed; 0 = as fast as possible
@@ -27,9 +29,8 @@ import time
 import numpy as np
 import rclpy
 from geometry_msgs.msg import PoseStamped
-from rcl_interfaces.msg import ParameterDescriptor, ParameterType
+from rcl_interfaces.msg import ParameterDescriptor, ParameterType, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rosgraph_msgs.msg import Clock
@@ -41,6 +42,7 @@ from trajectory_msgs.msg import JointTrajectory
 from aloha_driver.commands import CommandError, HeldCommand
 from aloha_driver.sim import AlohaSim
 from bimanual_core.config import load_embodiment
+from bimanual_core.node_runner import run_node
 from bimanual_core.ros_conversions import (RELIABLE_QOS, SENSOR_QOS, duration_to_sec,
                                            numpy_to_image, sec_to_time)
 from bimanual_vla.msg import SimObject, SimObjectArray
@@ -102,6 +104,7 @@ class AlohaSimNode(Node):
         self._command_lock = threading.Lock()   # the held command: subscriptions vs physics
         self._command = HeldCommand(self.embodiment.joint_names, self.embodiment.home)
         self._time_offset = 0.0                 # published time = offset + sim time since reset
+        self._next_seed: int | None = None      # set through the `seed` parameter, used by reset
         self._stop = threading.Event()
         self.failed = False
 
@@ -129,6 +132,7 @@ class AlohaSimNode(Node):
         # Reset waits for the physics thread to finish its step: its own group, so commands flow.
         self.create_service(Trigger, RESET_SERVICE, self._on_reset,
                             callback_group=MutuallyExclusiveCallbackGroup())
+        self.add_on_set_parameters_callback(self._on_set_parameters)
         self._thread = threading.Thread(target=self._run, name="aloha_sim_physics", daemon=True)
         self.get_logger().info(
             f"task {task!r} seed {seed}: {len(self.cameras)} cameras {width}x{height} at "
@@ -167,10 +171,26 @@ class AlohaSimNode(Node):
         except CommandError as exc:
             self._reject("joint trajectory", exc)
 
+    def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        """A new `seed` is remembered for the next reset; only `seed` can change at run time."""
+        for param in params:
+            if param.name != "seed":
+                return SetParametersResult(
+                    successful=False, reason=f"{param.name} cannot change while the node runs")
+            if param.type_ != Parameter.Type.INTEGER or param.value < 0:
+                return SetParametersResult(successful=False,
+                                           reason=f"seed must be an integer >= 0, got {param.value!r}")
+        if params:
+            with self._sim_lock:
+                self._next_seed = int(params[-1].value)
+        return SetParametersResult(successful=True)
+
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response):
         with self._sim_lock:
             self._time_offset += self.sim.time
-            self.sim.reset(self.sim.seed + 1)
+            seed = self.sim.seed + 1 if self._next_seed is None else self._next_seed
+            self._next_seed = None
+            self.sim.reset(seed)
             with self._command_lock:
                 self._command.reset(self.embodiment.home)
             seed = self.sim.seed
@@ -274,25 +294,9 @@ class AlohaSimNode(Node):
 
 
 def main(args=None) -> int:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = AlohaSimNode()
-        executor = MultiThreadedExecutor(num_threads=2)
-        executor.add_node(node)
-        node.start()
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except ValueError as exc:     # bad parameters or configuration: say which, no traceback
-        rclpy.logging.get_logger("aloha_sim").fatal(str(exc))
-        return 2
-    finally:
-        if node is not None:
-            node.stop()
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 1 if node is not None and node.failed else 0
+    return run_node(AlohaSimNode, "aloha_sim", args, threads=2,
+                    before_spin=lambda node: node.start(), after_spin=lambda node: node.stop(),
+                    exit_code=lambda node: 1 if node.failed else 0)
 
 
 if __name__ == "__main__":

@@ -21,15 +21,14 @@ from __future__ import annotations
 
 from functools import partial
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.time import Time
 from sensor_msgs.msg import Image, JointState
 
 from bimanual_core.config import load_embodiment, load_stack
+from bimanual_core.node_runner import run_node
 from bimanual_core.ros_conversions import (RELIABLE_QOS, SENSOR_QOS, ImageEncodingError,
                                            image_to_numpy, numpy_to_image)
 from bimanual_vla.msg import CameraHealth, Observation
@@ -161,19 +160,8 @@ class CameraPerception(Node):
 
 
 def main(args=None) -> int:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = CameraPerception()
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node(CameraPerception, "camera_perception", args)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -26,17 +26,16 @@ import time
 from functools import partial
 
 import numpy as np
-import rclpy
 from geometry_msgs.msg import Point as PointMsg
 from geometry_msgs.msg import PoseStamped, Vector3
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, Image
 from visualization_msgs.msg import MarkerArray
 
 from bimanual_core.config import load_embodiment, load_stack
+from bimanual_core.node_runner import run_node
 from bimanual_core.ros_conversions import (LATCHED_QOS, RELIABLE_QOS, SENSOR_QOS,
                                            ImageEncodingError, image_to_numpy, numpy_to_image)
 from bimanual_vla.msg import ErBox, ErGrasp, ErPoint, ErTrajectory, SimObjectArray
@@ -251,21 +250,9 @@ class ErPerception(Node):
 
 
 def main(args=None) -> int:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = ErPerception()
-        executor = MultiThreadedExecutor(num_threads=2)
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    # Two threads: a query may wait for a camera's first frame while subscriptions deliver it.
+    return run_node(ErPerception, "er_perception", args, threads=2)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

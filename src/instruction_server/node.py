@@ -29,11 +29,11 @@ import numpy as np
 import rclpy
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from std_srvs.srv import Trigger
 
 from bimanual_core.config import load_embodiment, load_stack
+from bimanual_core.node_runner import run_node
 from bimanual_core.instructions import InstructionError, parse_instruction
 from bimanual_core.ros_conversions import RELIABLE_QOS, time_to_sec
 from bimanual_vla.action import ExecuteInstruction
@@ -241,21 +241,9 @@ class InstructionServer(Node):
 
 
 def main(args=None) -> int:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = InstructionServer()
-        executor = MultiThreadedExecutor(num_threads=4)
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    # Several threads: a goal's execute callback waits while service answers and status arrive.
+    return run_node(InstructionServer, "instruction_server", args, threads=4)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
