@@ -19,6 +19,11 @@ Parameters:
   policy (str, "zero_shot"): the policy to serve; a StartEpisode request may name another.
   chunk_horizon (int, the embodiment's chunk_horizon): H, rows per chunk (>= 1).
   er_timeout_s (float, 5.0): how long an ER query may take before the episode start fails.
+  inject_delay_s (float, 0.0): seconds each GetActionChunk answer is held back after inference
+    (>= 0), to emulate a remote backbone's network and inference latency in benchmarks. Slept on
+    the node's clock (sim time under use_sim_time: the simulator runs slower than the wall clock
+    while rendering, and the decoder measures latency on its clock), in the service callback's
+    thread, so observations keep arriving meanwhile.
 
 Service callbacks that touch the policy share one mutually exclusive callback group (the policy
 is not thread-safe); the ER client and the observation subscription have groups of their own, so
@@ -31,14 +36,14 @@ import threading
 import time
 
 import numpy as np
-import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.duration import Duration
 from rclpy.node import Node
 from std_msgs.msg import Header
 from std_srvs.srv import Trigger
 
 from bimanual_core.config import Embodiment, load_embodiment, load_stack
+from bimanual_core.node_runner import run_node
 from bimanual_core.ros_conversions import (LATCHED_QOS, RELIABLE_QOS, ImageEncodingError,
                                            image_to_numpy, sec_to_duration, time_to_sec)
 from bimanual_vla.msg import ActionChunk, Observation, PolicyStatus
@@ -48,6 +53,8 @@ from vla_backbone_node.policy import (Policy, PolicyError, PolicyObservation, av
 from vla_backbone_node.zero_shot import ObjectLocation
 
 WARN_THROTTLE_S = 5.0
+# StartEpisode right after bring-up waits this long (wall clock) for a first observation.
+OBSERVATION_WAIT_S = 3.0
 
 
 class ObservationRejected(ValueError):
@@ -84,12 +91,16 @@ class VlaBackbone(Node):
         self.declare_parameter("policy", "zero_shot")
         self.declare_parameter("chunk_horizon", self.embodiment.chunk_horizon)
         self.declare_parameter("er_timeout_s", 5.0)
+        self.declare_parameter("inject_delay_s", 0.0)
         self._horizon = int(self.get_parameter("chunk_horizon").value)
         self._er_timeout = float(self.get_parameter("er_timeout_s").value)
+        self._inject_delay = float(self.get_parameter("inject_delay_s").value)
         if self._horizon < 1:
             raise ValueError(f"parameter chunk_horizon must be >= 1, got {self._horizon}")
         if not (math.isfinite(self._er_timeout) and self._er_timeout > 0):
             raise ValueError(f"parameter er_timeout_s must be > 0, got {self._er_timeout}")
+        if not (math.isfinite(self._inject_delay) and self._inject_delay >= 0):
+            raise ValueError(f"parameter inject_delay_s must be >= 0, got {self._inject_delay}")
         self.names = load_stack().interfaces
 
         policy_group = MutuallyExclusiveCallbackGroup()
@@ -117,7 +128,9 @@ class VlaBackbone(Node):
                             callback_group=policy_group)
         self._publish_status()
         self.get_logger().info(f"serving policy {self._policy.name!r} (H={self._horizon}) on "
-                               f"{self.names['get_chunk_service']}")
+                               f"{self.names['get_chunk_service']}"
+                               + (f", answers delayed {self._inject_delay:g} s"
+                                  if self._inject_delay else ""))
 
     # ------------------------------------------------------------------ policy
 
@@ -217,8 +230,14 @@ class VlaBackbone(Node):
                 return response
             self._policy.close()
             self._policy = policy
-        with self._lock:
-            have_observation = self._latest is not None
+        # Just after bring-up the first observation may still be on its way: wait a little.
+        deadline = time.monotonic() + OBSERVATION_WAIT_S
+        while True:
+            with self._lock:
+                have_observation = self._latest is not None
+            if have_observation or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         if not have_observation:
             response.message = f"no observation received yet on {self.names['observation_topic']}"
         else:
@@ -289,6 +308,8 @@ class VlaBackbone(Node):
             horizon=len(actions), control_period=sec_to_duration(self.embodiment.control_period),
             actions=actions.ravel().tolist(), request_id=request.request_id,
             policy_name=self._policy.name, inference_ms=elapsed_ms)
+        if self._inject_delay > 0:    # emulated latency; the subscription has its own group
+            self.get_clock().sleep_for(Duration(seconds=self._inject_delay), context=self.context)
         response.chunk = chunk
         response.success = True
         self._chunk_pub.publish(chunk)
@@ -301,21 +322,9 @@ class VlaBackbone(Node):
 
 
 def main(args=None) -> int:
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = VlaBackbone()
-        executor = MultiThreadedExecutor(num_threads=4)
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    # Several threads: StartEpisode waits on the ER service while its answer is delivered.
+    return run_node(VlaBackbone, "vla_backbone", args, threads=4)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

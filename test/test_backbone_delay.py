@@ -1,0 +1,95 @@
+"""vla_backbone `inject_delay_s`: the emulated remote-backbone latency shows up in the service
+round trip (what the decoder measures as backbone latency), not in the policy's inference time."""
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from perception_testing import node_process, spin_until
+
+DELAY_S = 0.4
+
+
+@pytest.mark.slow
+def test_injected_delay_holds_back_every_chunk_answer(ros_context, tmp_path):
+    from geometry_msgs.msg import Point, Vector3
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.node import Node
+
+    from bimanual_core.config import load_embodiment, load_stack
+    from bimanual_core.ros_conversions import RELIABLE_QOS, numpy_to_image, sec_to_time, time_to_sec
+    from bimanual_vla.msg import ErBox, Observation
+    from bimanual_vla.srv import ErQuery, GetActionChunk, StartEpisode
+
+    emb = load_embodiment("aloha2")
+    names = load_stack().interfaces
+    node = Node("backbone_delay_test", context=ros_context)
+    executor = SingleThreadedExecutor(context=ros_context)
+    executor.add_node(node)
+
+    def fake_er(request, response):
+        response.success = True
+        response.boxes = [ErBox(label=request.query, score=1.0, box_2d=[0., 0., 10., 10.],
+                                has_position_3d=True, position_3d=Point(x=-0.08, y=0.52, z=0.02),
+                                size_3d=Vector3(x=0.04, y=0.04, z=0.04))]
+        return response
+    node.create_service(ErQuery, names["er_query_service"], fake_er)
+    obs_pub = node.create_publisher(Observation, names["observation_topic"], RELIABLE_QOS)
+    start = node.create_client(StartEpisode, names["start_episode_service"])
+    get_chunk = node.create_client(GetActionChunk, names["get_chunk_service"])
+
+    def observation(stamp_s):
+        msg = Observation()
+        msg.header.stamp = sec_to_time(stamp_s)
+        msg.camera_names = ["cam_high"]
+        msg.images = [numpy_to_image(np.zeros((24, 32, 3), np.uint8), "rgb8")]
+        msg.joint_state.name = emb.joint_names
+        msg.joint_state.position = emb.home.tolist()
+        return msg
+
+    def call(client, request, step=None):
+        sent = time.monotonic()
+        future = client.call_async(request)
+        assert spin_until(executor, future.done, timeout_s=15, step=step)
+        return future.result(), time.monotonic() - sent
+
+    params = {"use_sim_time": False, "inject_delay_s": DELAY_S}
+    with node_process("vla_backbone_node", params, tmp_path / "backbone.log"):
+        for client in (start, get_chunk):
+            assert spin_until(executor, client.service_is_ready, timeout_s=30)
+        obs_pub.publish(observation(100.0))
+        assert spin_until(executor, lambda: call(start, StartEpisode.Request(
+            instruction="pick up the red cube", task="pick"))[0].success, timeout_s=10)
+
+        # While an answer is held back, a newer observation is published; the next answer is
+        # computed from it, and every answer takes at least the injected delay.
+        published = []
+
+        def publish_newer():
+            if not published:
+                published.append(True)
+                obs_pub.publish(observation(200.0))
+        first, first_rtt = call(get_chunk, GetActionChunk.Request(request_id=1), publish_newer)
+        second, second_rtt = call(get_chunk, GetActionChunk.Request(request_id=2))
+        assert first.success and second.success, (first.message, second.message)
+        assert time_to_sec(second.chunk.header.stamp) == pytest.approx(200.0)
+        for reply, rtt in ((first, first_rtt), (second, second_rtt)):
+            assert DELAY_S <= rtt < DELAY_S + 1.0, rtt
+            assert reply.chunk.inference_ms < 1e3 * DELAY_S    # the delay is not inference
+    node.destroy_node()
+
+
+def test_negative_delay_is_refused(ros_domain, tmp_path):
+    """A negative inject_delay_s stops the node at start-up with the reason in its log."""
+    exe = Path(sys.executable).parent / "vla_backbone_node"
+    log = tmp_path / "backbone.log"
+    with open(log, "w") as out:
+        code = subprocess.run([str(exe), "--ros-args", "-p", "inject_delay_s:=-0.1"],
+                              stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ),
+                              timeout=60).returncode
+    assert code != 0
+    assert "inject_delay_s must be >= 0" in log.read_text()
