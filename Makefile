@@ -1,4 +1,4 @@
-# make demo | make test | make eval: each sets up .venv/ first (idempotent; only changed steps rerun).
+# make demo | make test | make eval (POLICY= TASK= EPISODES= SEED= EMBODIMENT=): each sets up .venv/ first (idempotent; only changed steps rerun).
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -10,9 +10,12 @@ export PYOPENGL_PLATFORM ?= egl
 INTERFACE_FILES := $(wildcard msg/*.msg srv/*.srv action/*.action) CMakeLists.txt package.xml
 TASK ?= pick
 EMBODIMENT ?= aloha2
+POLICY ?= zero_shot
+EPISODES ?= 50
+SEED ?= 0
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-quick clean
+.PHONY: setup demo eval test test-quick clean
 setup: $(STAMP)/package
 
 $(STAMP)/system: scripts/setup_env.sh
@@ -26,6 +29,10 @@ $(STAMP)/package: $(STAMP)/interfaces pyproject.toml
 
 demo: setup
 	$(VENV)/bin/bimanual-vla demo --task $(TASK) --embodiment $(EMBODIMENT)
+
+eval: setup
+	$(VENV)/bin/bimanual-vla evaluate --policy $(POLICY) --task $(TASK) --episodes $(EPISODES) \
+		--seed $(SEED) --embodiment $(EMBODIMENT)
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -37,7 +37,8 @@ def test_place_needs_the_object_inside_the_container():
     beside = scene(red_cube=[0.25, 0.5, 0.02], bowl=[0.1, 0.5, 0.0])
     above = scene(red_cube=[0.1, 0.5, 0.30], bowl=[0.1, 0.5, 0.0])
     spec = parse_instruction("put the red cube in the bowl")
-    assert judge(spec, before, inside, CRITERIA).success
+    verdict = judge(spec, before, inside, CRITERIA)
+    assert verdict.success is True        # a Python bool, as ExecuteInstruction.Result needs
     assert not judge(spec, before, beside, CRITERIA).success
     assert not judge(spec, before, above, CRITERIA).success
 
@@ -47,5 +48,5 @@ def test_handover_needs_the_object_up_on_the_receiving_side():
     handed = scene(red_cube=[0.05, 0.5, 0.2])
     kept = scene(red_cube=[-0.05, 0.5, 0.2])
     spec = parse_instruction("hand the red cube over to the right arm")
-    assert judge(spec, before, handed, CRITERIA).success
+    assert judge(spec, before, handed, CRITERIA).success is True
     assert not judge(spec, before, kept, CRITERIA).success

@@ -7,8 +7,10 @@ import time
 
 import numpy as np
 import pytest
+from rcl_interfaces.srv import SetParameters
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import Float64MultiArray
@@ -169,3 +171,16 @@ def test_node_follows_trajectories_and_resets(sim_process, probe):
     np.testing.assert_allclose(probe.joints[-1].position, EMB.home, atol=0.02)
     assert time_to_sec(probe.joints[-1].header.stamp) > before_reset    # the clock never rewinds
     assert probe.clock == sorted(probe.clock)
+
+    # An evaluation picks the next scene: set `seed`, then reset; a plain reset goes on from there.
+    params = probe.node.create_client(SetParameters, "/aloha_sim/set_parameters")
+    assert params.wait_for_service(timeout_sec=TIMEOUT_S)
+    for value, accepted in ((-1, False), (7, True)):
+        future = params.call_async(SetParameters.Request(
+            parameters=[Parameter("seed", value=value).to_parameter_msg()]))
+        probe.spin_until(future.done, "the set_parameters service")
+        assert future.result().results[0].successful is accepted
+    for expected in ("seed 7", "seed 8"):
+        future = client.call_async(Trigger.Request())
+        probe.spin_until(future.done, "the reset service")
+        assert expected in future.result().message

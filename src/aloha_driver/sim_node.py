@@ -178,8 +178,8 @@ class AlohaSimNode(Node):
                 return SetParametersResult(
                     successful=False, reason=f"{param.name} cannot change while the node runs")
             if param.type_ != Parameter.Type.INTEGER or param.value < 0:
-                return SetParametersResult(successful=False,
-                                           reason=f"seed must be an integer >= 0, got {param.value!r}")
+                return SetParametersResult(
+                    successful=False, reason=f"seed must be an integer >= 0, got {param.value!r}")
         if params:
             with self._sim_lock:
                 self._next_seed = int(params[-1].value)

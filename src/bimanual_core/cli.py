@@ -3,6 +3,8 @@
     bimanual-vla up                       bring the stack up (MuJoCo ALOHA 2 by default); Ctrl-C stops it
     bimanual-vla instruct "TEXT"          send an instruction to a running stack, print progress
     bimanual-vla demo                     up + one instruction + a video of it, then shut down
+    bimanual-vla evaluate                 up once, N episodes of a task on seeds S, S+1, ...;
+                                          success rate with its 95 % interval to bench/results/
 
 Exit codes: 0 success, 1 the instruction or the stack failed, 2 bad usage or no stack reachable,
 130 interrupted.
@@ -169,6 +171,34 @@ def cmd_demo(args) -> int:
     return EXIT_OK if ok else EXIT_FAILED
 
 
+def cmd_evaluate(args) -> int:
+    from bimanual_core.eval_runner import default_output, run_evaluation
+    out = Path(args.out) if args.out else default_output(args.policy, args.task)
+    report = run_evaluation(args.policy, args.task, args.episodes, args.seed, args.embodiment,
+                            _parse_overrides(args.set), out=out, time_limit_s=args.time_limit,
+                            log_dir=args.log_dir, ready_timeout_s=args.ready_timeout)
+    if report["episodes"]:
+        low, high = report["ci95"]
+        print(f"[eval] {args.policy} on {args.task}: {report['successes']}/{report['episodes']} "
+              f"= {100 * report['success_rate']:.1f} % "
+              f"(95 % CI {100 * low:.1f}-{100 * high:.1f} %), "
+              f"median episode {report['wall_duration_s']['median']:.1f} s wall")
+    if report["status"] == "stack_failed":
+        print("[eval] stopped early: the stack failed (see above); partial results written",
+              file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_INTERRUPTED if report["status"] == "interrupted" else EXIT_OK
+
+
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    return parse
+
+
 def _add_stack_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--embodiment", default=None, help="config/<name>.yaml (default from stack.yaml)")
     p.add_argument("--real", action="store_true", help="drive the real robot instead of MuJoCo")
@@ -209,6 +239,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--video-fps", type=float, default=10.0)
     demo.add_argument("--out", default=None, help="output directory (default runs/demo-<time>)")
     demo.set_defaults(func=cmd_demo)
+
+    ev = sub.add_parser("evaluate", help="closed-loop success rate of a policy on a simulated task")
+    ev.add_argument("--policy", default="zero_shot", help="backbone policy sent with every goal")
+    ev.add_argument("--task", default="pick", help="config/tasks.yaml task: pick, place, handover")
+    ev.add_argument("--episodes", type=_int_at_least(1), default=10)
+    ev.add_argument("--seed", type=_int_at_least(0), default=0,
+                    help="episode i uses scene seed SEED + i")
+    ev.add_argument("--embodiment", default=None,
+                    help="config/<name>.yaml (default from stack.yaml)")
+    ev.add_argument("--time-limit", type=float, default=0.0,
+                    help="seconds of sim time per episode (0 = the instruction server's default)")
+    ev.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE",
+                    help="override a node parameter, e.g. --set action_decoder.blend=naive")
+    ev.add_argument("--out", default=None,
+                    help="JSON path, .md beside it (default bench/results/eval_<policy>_<task>.json)")
+    ev.add_argument("--log-dir", default=None, help="node logs (default runs/eval-<time>)")
+    ev.add_argument("--ready-timeout", type=float, default=120.0,
+                    help="seconds to wait for the stack to come up")
+    ev.set_defaults(func=cmd_evaluate)
     return parser
 
 
@@ -228,12 +277,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if getattr(args, "embodiment", "x") is None:
             args.embodiment = load_stack().embodiment
-        if args.command == "demo" and args.instruction is None:
+        if args.command in ("demo", "evaluate"):
             tasks = load_tasks()["tasks"]
             if args.task not in tasks:
                 print(f"unknown task {args.task!r}; known: {', '.join(tasks)}", file=sys.stderr)
                 return EXIT_USAGE
-            args.instruction = tasks[args.task]["instruction"]
+            if args.command == "demo" and args.instruction is None:
+                args.instruction = tasks[args.task]["instruction"]
         return args.func(args)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)

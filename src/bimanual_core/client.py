@@ -33,7 +33,7 @@ class InstructionOutcome:
     reason: str
     duration_s: float
     success_check: str
-    status: str          # "succeeded", "aborted", "canceled", "rejected", "unreachable"
+    status: str          # "succeeded", "aborted", "canceled", "rejected", "unreachable", "abandoned"
 
 
 class StackClient:
@@ -98,9 +98,13 @@ class StackClient:
 
     def execute(self, instruction: str, task: str = "", policy: str = "", time_limit_s: float = 0.0,
                 on_feedback: Callable[[ExecuteInstruction.Feedback], None] | None = None,
-                server_timeout: float = 30.0, cancel_after_s: float | None = None
-                ) -> InstructionOutcome:
-        """Send one goal and wait for its result. Ctrl-C cancels the goal before re-raising."""
+                server_timeout: float = 30.0, cancel_after_s: float | None = None,
+                give_up: Callable[[], str | None] | None = None) -> InstructionOutcome:
+        """Send one goal and wait for its result. Ctrl-C cancels the goal before re-raising.
+
+        `give_up` is polled while waiting: when it returns a reason (e.g. a node of the stack
+        died, so no result may ever come), the goal is canceled and the outcome is "abandoned".
+        """
         if not self._action.wait_for_server(timeout_sec=server_timeout):
             return InstructionOutcome(False, False, "no /execute_instruction server is running "
                                       "(start the stack with `bimanual-vla up`)", 0.0, "",
@@ -120,6 +124,11 @@ class StackClient:
                 if cancel_after_s is not None and time.monotonic() - started > cancel_after_s:
                     self._wait(handle.cancel_goal_async(), 10.0)
                     cancel_after_s = None
+                why = give_up() if give_up is not None else None
+                if why:
+                    self._wait(handle.cancel_goal_async(), 2.0)
+                    return InstructionOutcome(True, False, why, time.monotonic() - started, "",
+                                              "abandoned")
                 time.sleep(0.02)
         except KeyboardInterrupt:
             self._wait(handle.cancel_goal_async(), 5.0)
@@ -129,6 +138,10 @@ class StackClient:
         status = {4: "succeeded", 5: "canceled", 6: "aborted"}.get(wrapped.status, str(wrapped.status))
         r = wrapped.result
         return InstructionOutcome(True, r.success, r.reason, r.duration_s, r.success_check, status)
+
+    def call(self, service_client, request, timeout: float):
+        """Call a service through this client's node; the response, or None after `timeout`."""
+        return self._wait(service_client.call_async(request), timeout)
 
     @staticmethod
     def _wait(future, timeout: float):

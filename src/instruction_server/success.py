@@ -51,7 +51,7 @@ def judge(spec: TaskSpec, initial: Mapping[str, ObjectState], final: Mapping[str
     rise = float(obj1.position[2] - obj0.position[2])
     if spec.kind == "pick":
         need = float(rule.get("min_height", 0.05))
-        ok = rise >= need
+        ok = bool(rise >= need)
         return Verdict(ok, f"the {obj1.label} is {rise * 100:.1f} cm above where it started "
                            f"({'>=' if ok else '<'} {need * 100:.0f} cm)")
     if spec.kind == "place":
@@ -61,7 +61,7 @@ def judge(spec: TaskSpec, initial: Mapping[str, ObjectState], final: Mapping[str
         offset = float(np.linalg.norm(obj1.position[:2] - container.position[:2]))
         radius = float(container.size[0]) / 2.0
         resting = obj1.position[2] <= container.position[2] + container.size[2] + obj1.size[2]
-        ok = offset <= radius and resting
+        ok = bool(offset <= radius and resting)   # a plain bool: the result message needs one
         return Verdict(ok, f"the {obj1.label} is {offset * 100:.1f} cm from the centre of the "
                            f"{container.label} (radius {radius * 100:.1f} cm)"
                            + ("" if resting else ", above it rather than in it"))
@@ -69,7 +69,7 @@ def judge(spec: TaskSpec, initial: Mapping[str, ObjectState], final: Mapping[str
         need = float(rule.get("min_height", 0.05))
         receiver = spec.target or "right_arm"
         on_side = obj1.position[0] > 0 if receiver == "right_arm" else obj1.position[0] < 0
-        ok = rise >= need and on_side
+        ok = bool(rise >= need and on_side)
         side = "right" if obj1.position[0] > 0 else "left"
         return Verdict(ok, f"the {obj1.label} is {rise * 100:.1f} cm up, on the {side} arm's side "
                            f"(wanted: held by the {receiver.replace('_', ' ')})")
