@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Callable, TextIO
 
 import yaml
 
@@ -100,6 +100,23 @@ class StackProcesses:
     def dead(self) -> dict[str, int]:
         """Nodes that exited, with their exit codes."""
         return {n: p.returncode for n, p in self.procs.items() if p.poll() is not None}
+
+    def wait_until_ready(self, is_ready: Callable[[float], bool], timeout: float) -> str | None:
+        """Poll `is_ready(1.0)` until it holds; None when ready, else why not (a node died, with
+        its log tail, or the timeout)."""
+        deadline = time.monotonic() + timeout
+        while not is_ready(1.0):
+            failure = self.failure()
+            if failure:
+                return failure
+            if time.monotonic() > deadline:
+                return f"the stack was not ready within {timeout:.0f} s"
+        return None
+
+    def failure(self) -> str | None:
+        """None while every node runs; else which exited, with the last lines of their logs."""
+        return "\n".join(f"node {name} exited with code {code}; last lines of its log:\n"
+                          f"{self.log_tail(name)}" for name, code in self.dead().items()) or None
 
     def log_tail(self, name: str, lines: int = 20) -> str:
         path = self.log_dir / f"{name}.log"

@@ -50,11 +50,10 @@ def _start_stack(args, log_dir: Path):
 
 
 def _report_dead(procs) -> bool:
-    dead = procs.dead()
-    for name, code in dead.items():
-        print(f"[up] node {name} exited with code {code}; last lines of its log:\n"
-              f"{procs.log_tail(name)}", file=sys.stderr)
-    return bool(dead)
+    failure = procs.failure()
+    if failure:
+        print(f"[up] {failure}", file=sys.stderr)
+    return failure is not None
 
 
 def cmd_up(args) -> int:
@@ -63,11 +62,10 @@ def cmd_up(args) -> int:
     procs = _start_stack(args, log_dir)
     try:
         with StackClient(args.embodiment) as client:
-            deadline = time.monotonic() + args.ready_timeout
-            while not client.wait_ready(1.0):
-                if _report_dead(procs) or time.monotonic() > deadline:
-                    print("[up] the stack did not become ready", file=sys.stderr)
-                    return EXIT_FAILED
+            failure = procs.wait_until_ready(client.wait_ready, args.ready_timeout)
+            if failure:
+                print(f"[up] the stack did not become ready: {failure}", file=sys.stderr)
+                return EXIT_FAILED
             print(f"[up] stack ready ({len(procs.specs)} nodes). In another shell: "
                   "bimanual-vla instruct \"pick up the red cube\". Ctrl-C stops everything.",
                   flush=True)
@@ -135,11 +133,10 @@ def cmd_demo(args) -> int:
     try:
         with StackClient(args.embodiment, record_camera=args.camera) as client:
             print("[demo] waiting for the stack ...", flush=True)
-            deadline = time.monotonic() + args.ready_timeout
-            while not client.wait_ready(1.0):
-                if _report_dead(procs) or time.monotonic() > deadline:
-                    print("[demo] the stack did not become ready", file=sys.stderr)
-                    return EXIT_FAILED
+            failure = procs.wait_until_ready(client.wait_ready, args.ready_timeout)
+            if failure:
+                print(f"[demo] the stack did not become ready: {failure}", file=sys.stderr)
+                return EXIT_FAILED
             print(f"[demo] stack ready after {time.monotonic() - t_start:.1f} s; "
                   f"instruction: \"{args.instruction}\"", flush=True)
             outcome = client.execute(args.instruction, time_limit_s=args.time_limit,

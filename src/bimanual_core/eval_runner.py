@@ -246,26 +246,15 @@ def run_evaluation(policy: str = "zero_shot", task: str = "pick", episodes: int 
     status, failure = "complete", None
     t_start = time.monotonic()
 
-    def dead_node() -> str | None:
-        dead = procs.dead()
-        if not dead:
-            return None
-        name, code = next(iter(dead.items()))
-        return (f"node {name} exited with code {code}; last lines of its log:\n"
-                f"{procs.log_tail(name)}")
-
     say(f"[eval] {policy} on {task} ({instruction!r}): {episodes} episodes from seed {seed}, "
         f"ROS domain {domain}, logs in {log_dir}")
     procs.start()
     try:
         with StackClient(embodiment, domain_id=domain) as client:
-            runner = _EpisodeRunner(client, embodiment, task, policy, time_limit_s, dead_node, say)
-            deadline = time.monotonic() + ready_timeout_s
-            while not client.wait_ready(1.0):
-                failure = dead_node() or (None if time.monotonic() < deadline else
-                                          f"the stack was not ready within {ready_timeout_s:.0f} s")
-                if failure:
-                    raise StackFailure(failure)
+            runner = _EpisodeRunner(client, embodiment, task, policy, time_limit_s, procs.failure, say)
+            failure = procs.wait_until_ready(client.wait_ready, ready_timeout_s)
+            if failure:
+                raise StackFailure(failure)
             if not runner.wait_perception():
                 say(f"[eval] warning: perception does not find the {runner.spec.object} yet")
             say(f"[eval] stack ready after {time.monotonic() - t_start:.1f} s")
