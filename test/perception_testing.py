@@ -58,6 +58,22 @@ def spin_until(executor, predicate, timeout_s: float, step=None) -> bool:
     return False
 
 
+def fake_observation(embodiment, stamp_s: float, reverse_joints: bool = False):
+    """A minimal bimanual_vla/Observation: one small black cam_high image, the home pose.
+
+    `reverse_joints` sends the joint state in reverse order (a node must reorder it by name)."""
+    from bimanual_core.ros_conversions import numpy_to_image, sec_to_time
+    from bimanual_vla.msg import Observation
+    msg = Observation()
+    msg.header.stamp = sec_to_time(stamp_s)
+    msg.camera_names = ["cam_high"]
+    msg.images = [numpy_to_image(np.zeros((24, 32, 3), np.uint8), "rgb8")]
+    order = slice(None, None, -1) if reverse_joints else slice(None)
+    msg.joint_state.name = embodiment.joint_names[order]
+    msg.joint_state.position = embodiment.home[order].tolist()
+    return msg
+
+
 def quat_wxyz_from_matrix(R: np.ndarray) -> np.ndarray:
     """Rotation matrix -> unit quaternion (w, x, y, z)."""
     w = np.sqrt(max(0.0, 1 + R[0, 0] + R[1, 1] + R[2, 2])) / 2

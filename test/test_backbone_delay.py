@@ -6,10 +6,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from perception_testing import node_process, spin_until
+from perception_testing import fake_observation, node_process, spin_until
 
 DELAY_S = 0.4
 
@@ -21,7 +20,7 @@ def test_injected_delay_holds_back_every_chunk_answer(ros_context, tmp_path):
     from rclpy.node import Node
 
     from bimanual_core.config import load_embodiment, load_stack
-    from bimanual_core.ros_conversions import RELIABLE_QOS, numpy_to_image, sec_to_time, time_to_sec
+    from bimanual_core.ros_conversions import RELIABLE_QOS, time_to_sec
     from bimanual_vla.msg import ErBox, Observation
     from bimanual_vla.srv import ErQuery, GetActionChunk, StartEpisode
 
@@ -43,13 +42,7 @@ def test_injected_delay_holds_back_every_chunk_answer(ros_context, tmp_path):
     get_chunk = node.create_client(GetActionChunk, names["get_chunk_service"])
 
     def observation(stamp_s):
-        msg = Observation()
-        msg.header.stamp = sec_to_time(stamp_s)
-        msg.camera_names = ["cam_high"]
-        msg.images = [numpy_to_image(np.zeros((24, 32, 3), np.uint8), "rgb8")]
-        msg.joint_state.name = emb.joint_names
-        msg.joint_state.position = emb.home.tolist()
-        return msg
+        return fake_observation(emb, stamp_s)
 
     def call(client, request, step=None):
         sent = time.monotonic()

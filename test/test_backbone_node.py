@@ -3,7 +3,7 @@ episodes and action chunks served by the node process."""
 import numpy as np
 import pytest
 
-from perception_testing import node_process, spin_until
+from perception_testing import fake_observation, node_process, spin_until
 
 CUBE = (-0.08, 0.52, 0.02)
 
@@ -30,8 +30,7 @@ def test_backbone_serves_chunks_stamped_with_the_observation(ros_context, tmp_pa
     from std_srvs.srv import Trigger
 
     from bimanual_core.config import load_embodiment, load_stack
-    from bimanual_core.ros_conversions import (LATCHED_QOS, RELIABLE_QOS, numpy_to_image,
-                                               sec_to_time, time_to_sec)
+    from bimanual_core.ros_conversions import LATCHED_QOS, RELIABLE_QOS, time_to_sec
     from bimanual_vla.msg import ActionChunk, ErBox, Observation, PolicyStatus
     from bimanual_vla.srv import ErQuery, GetActionChunk, StartEpisode
 
@@ -68,13 +67,7 @@ def test_backbone_serves_chunks_stamped_with_the_observation(ros_context, tmp_pa
 
     def observation(stamp_s):
         """Joint state deliberately in reverse order: the node must reorder it by name."""
-        msg = Observation()
-        msg.header.stamp = sec_to_time(stamp_s)
-        msg.camera_names = ["cam_high"]
-        msg.images = [numpy_to_image(np.zeros((24, 32, 3), np.uint8), "rgb8")]
-        msg.joint_state.name = emb.joint_names[::-1]
-        msg.joint_state.position = emb.home[::-1].tolist()
-        return msg
+        return fake_observation(emb, stamp_s, reverse_joints=True)
 
     def call(client, request):
         future = client.call_async(request)
