@@ -174,3 +174,24 @@ def test_loop_stats_count_missed_ticks_and_jitter():
     assert missed == [0, 0, 0, 2, 0]
     assert stats.jitter_p99_ms == pytest.approx(40.0, rel=0.05)
     assert stats.mean_ms == pytest.approx(30.25)
+
+
+def test_lost_backbone_brakes_at_once_and_resumes_with_chunks():
+    core = make_core()
+    core.start(0.0, EMB.home)
+    moving = run(core, 0.0, 1.0)
+    assert core.state is DecoderState.EXECUTING and not moving[-1][1].at_rest
+    core.backbone_lost("liveliness lapsed")
+    assert core.state is DecoderState.HOLDING and core.queue_depth(1.0) == 0
+    braking = run(core, 1.0, 1.0, backbone=False)       # the dead backbone answers nothing
+    speeds = [np.abs(out.velocity).max() for _, out in braking]
+    assert all(b <= a + 1e-9 for a, b in zip(speeds, speeds[1:]))   # never speeds up again
+    assert braking[-1][1].at_rest and core.state is DecoderState.HOLDING
+    run(core, 2.0, 1.0)                                  # a backbone answers again
+    assert core.state is DecoderState.EXECUTING
+
+
+def test_lost_backbone_is_ignored_unless_executing():
+    core = make_core()
+    core.backbone_lost("liveliness lapsed")
+    assert core.state is DecoderState.IDLE

@@ -323,3 +323,45 @@ def test_bad_parameters_are_refused_with_the_reason(ros_context):
         with pytest.raises(ValueError, match=match):
             ActionDecoderNode(context=ros_context, parameter_overrides=[Parameter(name,
                                                                                   value=value)])
+
+
+HEARTBEAT_PROCESS = """
+import rclpy
+from std_msgs.msg import Empty
+from bimanual_core.config import load_stack
+from bimanual_core.ros_conversions import liveliness_qos
+names = load_stack().interfaces
+rclpy.init()
+node = rclpy.create_node("backbone_heartbeat")
+node.create_publisher(Empty, names["backbone_heartbeat_topic"],
+                      liveliness_qos(float(names["backbone_liveliness_lease_s"])))
+rclpy.spin(node)
+"""
+
+
+@pytest.mark.slow
+def test_killed_backbone_process_makes_the_decoder_brake_at_once(world_factory):
+    world, proc = world_factory(watchdog_timeout_s=5.0)   # the watchdog alone would wait 5 s
+    heart = subprocess.Popen([sys.executable, "-c", HEARTBEAT_PROCESS], env=os.environ.copy())
+    try:
+        time.sleep(2.0)                                    # discovery: liveliness becomes alive
+        assert world.start_decoder().success
+        assert world.step(50) == 0
+        assert world.metrics.state == "executing"
+        velocity = (world.commands[-1][1] - world.commands[-2][1]) / DT
+        before = len(world.commands)
+        world.backbone_down()                              # the process dies with its service
+        heart.kill()                                       # SIGKILL: no goodbye on the wire
+        killed = time.monotonic()
+        while world.metrics.state != "holding" and time.monotonic() - killed < 2.0:
+            world.step(1)
+        assert world.metrics.state == "holding", "the decoder never noticed the dead backbone"
+        assert time.monotonic() - killed < 1.0
+        # Well before the queue (about 1 s of actions) or the 5 s watchdog would have run out:
+        assert len(world.commands) - before < 25
+        assert world.step(25) == 0
+        assert_motion_within_limits(world.commands[before - 1:], velocity)
+        assert world.commands[-1][1] == pytest.approx(world.commands[-2][1])    # at rest
+    finally:
+        heart.kill()
+        heart.wait()

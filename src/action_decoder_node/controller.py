@@ -262,6 +262,14 @@ class DecoderCore:
             self.log.warning(f"chunk request {request_id} failed: {reason}")
         self._last_failure = reason
 
+    def backbone_lost(self, why: str) -> None:
+        """The backbone process is gone (liveliness lost): brake now instead of running out the
+        queue it planned, and resume by itself when chunks come back (as a watchdog hold)."""
+        if self.state is DecoderState.EXECUTING:
+            self.scheduler.clear()
+            self._hold_resumes = True
+            self._set_state(DecoderState.HOLDING, f"backbone lost: {why}")
+
     def on_chunk(self, now: float, chunk: Chunk, request_id: int) -> str | None:
         """Take the answer to ``request_id``; returns why the chunk was rejected, or None."""
         request = self._finish(now, request_id)

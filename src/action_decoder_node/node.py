@@ -24,7 +24,10 @@ in config/stack.yaml replaces the default (the stack sets blend, watchdog_timeou
 Interfaces (names from config/stack.yaml ``interfaces``): client ``get_chunk_service``; services
 ``decoder_start_service`` and ``decoder_hold_service`` (std_srvs/Trigger) and ``~/estop``
 (std_srvs/SetBool); subscriptions to the driver's joint states and ``estop_topic``
-(std_msgs/Bool, true engages, latched until false); publishes ``decoder_metrics_topic``
+(std_msgs/Bool, true engages, latched until false) and the backbone's heartbeat
+(``backbone_heartbeat_topic``: when its DDS liveliness lapses, within
+``backbone_liveliness_lease_s``, the backbone is gone and the decoder brakes to a hold at once
+instead of running out the queue; it resumes when chunks come back); publishes ``decoder_metrics_topic``
 (bimanual_vla/DecoderMetrics, 1 Hz and on state changes) and /diagnostics. The e-stop takes
 effect at the next tick: from then on every command brakes at the acceleration limit (what
 "stop" means is in ``safety``). Its subscription is reliable and volatile, so it matches any
@@ -40,17 +43,18 @@ from bimanual_vla.srv import GetActionChunk
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.event_handler import QoSLivelinessChangedInfo, SubscriptionEventCallbacks
 from rclpy.node import Node
 from rclpy.task import Future
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Bool, Float64MultiArray
+from std_msgs.msg import Bool, Empty, Float64MultiArray
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from bimanual_core.config import load_embodiment, load_stack
 from bimanual_core.node_runner import run_node
-from bimanual_core.ros_conversions import (RELIABLE_QOS, duration_to_sec, sec_to_duration,
-                                           sec_to_time, time_to_sec)
+from bimanual_core.ros_conversions import (RELIABLE_QOS, duration_to_sec, liveliness_qos,
+                                           sec_to_duration, sec_to_time, time_to_sec)
 
 from .controller import Chunk, DecoderCore, DecoderState, TickOutput
 from .safety import MotionState, SafetyLimiter
@@ -129,6 +133,10 @@ class ActionDecoderNode(Node):
                                  RELIABLE_QOS, callback_group=io_group)
         self.create_subscription(Bool, names["estop_topic"], self._on_estop_topic, RELIABLE_QOS,
                                  callback_group=io_group)
+        self.create_subscription(
+            Empty, names["backbone_heartbeat_topic"], lambda _msg: None,
+            liveliness_qos(float(names["backbone_liveliness_lease_s"])), callback_group=io_group,
+            event_callbacks=SubscriptionEventCallbacks(liveliness=self._on_backbone_liveliness))
         self.create_service(Trigger, names["decoder_start_service"], self._on_start,
                             callback_group=io_group)
         self.create_service(Trigger, names["decoder_hold_service"], self._on_hold,
@@ -257,6 +265,12 @@ class ActionDecoderNode(Node):
             result = self.core.set_estop(engaged)
         self._publish_metrics_on_change()
         return result
+
+    def _on_backbone_liveliness(self, info: QoSLivelinessChangedInfo) -> None:
+        if info.alive_count == 0 and info.alive_count_change < 0:
+            with self._lock:
+                self.core.backbone_lost("its heartbeat's DDS liveliness lapsed")
+            self._publish_metrics_on_change()
 
     def _on_estop_topic(self, msg: Bool) -> None:
         self._set_estop(bool(msg.data))

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 from builtin_interfaces.msg import Duration, Time
-from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
-                       qos_profile_sensor_data)
+from rclpy.duration import Duration as RclpyDuration
+from rclpy.qos import (DurabilityPolicy, HistoryPolicy, LivelinessPolicy, QoSProfile,
+                       ReliabilityPolicy, qos_profile_sensor_data)
 from sensor_msgs.msg import Image
 
 # encoding -> (dtype, channels)
@@ -29,6 +30,17 @@ RELIABLE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
 LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                          history=HistoryPolicy.KEEP_LAST,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+
+
+def liveliness_qos(lease_s: float) -> QoSProfile:
+    """A heartbeat: DDS asserts the writer's liveliness automatically, and a reader learns within
+    about `lease_s` that the writing process is gone (killed, network dropped), long before
+    discovery notices. Offered and requested leases must match (offered <= requested)."""
+    return QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                      history=HistoryPolicy.KEEP_LAST, liveliness=LivelinessPolicy.AUTOMATIC,
+                      liveliness_lease_duration=RclpyDuration(seconds=lease_s))
 
 
 class ImageEncodingError(ValueError):

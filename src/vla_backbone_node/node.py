@@ -39,13 +39,14 @@ import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.duration import Duration
 from rclpy.node import Node
-from std_msgs.msg import Header
+from std_msgs.msg import Empty, Header
 from std_srvs.srv import Trigger
 
 from bimanual_core.config import Embodiment, load_embodiment, load_stack
 from bimanual_core.node_runner import run_node
 from bimanual_core.ros_conversions import (LATCHED_QOS, RELIABLE_QOS, ImageEncodingError,
-                                           image_to_numpy, sec_to_duration, time_to_sec)
+                                           image_to_numpy, liveliness_qos, sec_to_duration,
+                                           time_to_sec)
 from bimanual_vla.msg import ActionChunk, Observation, PolicyStatus
 from bimanual_vla.srv import ErQuery, GetActionChunk, StartEpisode
 from vla_backbone_node.policy import (Policy, PolicyError, PolicyObservation, available_policies,
@@ -118,6 +119,11 @@ class VlaBackbone(Node):
                                  callback_group=MutuallyExclusiveCallbackGroup())
         self._chunk_pub = self.create_publisher(ActionChunk, self.names["action_chunk_topic"],
                                                 RELIABLE_QOS)
+        # Never written to: DDS asserts its liveliness while this process runs, so the decoder
+        # learns within the lease that the backbone died (see action_decoder_node).
+        self._heartbeat = self.create_publisher(
+            Empty, self.names["backbone_heartbeat_topic"],
+            liveliness_qos(float(self.names["backbone_liveliness_lease_s"])))
         self._status_pub = self.create_publisher(PolicyStatus, self.names["policy_status_topic"],
                                                  LATCHED_QOS)
         self.create_service(StartEpisode, self.names["start_episode_service"], self._on_start,
