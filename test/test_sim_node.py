@@ -1,8 +1,6 @@
 """The aloha_sim node as its own process: clock, joint states, cameras, commands, reset."""
 import math
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -21,6 +19,7 @@ from bimanual_core.config import load_embodiment
 from bimanual_core.ros_conversions import (RELIABLE_QOS, SENSOR_QOS, image_to_numpy,
                                            sec_to_duration, time_to_sec)
 from bimanual_vla.msg import SimObjectArray
+from perception_testing import node_process
 
 pytestmark = pytest.mark.slow
 EMB = load_embodiment("aloha2")
@@ -29,20 +28,10 @@ TIMEOUT_S = 30.0
 
 @pytest.fixture
 def sim_process(ros_domain, tmp_path):
-    """The node on the test's domain; stopped with SIGINT, which must end it cleanly."""
+    """The node on the test's domain; stopped with SIGINT, on which it must exit 0."""
     log = tmp_path / "aloha_sim.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "aloha_driver.sim_node"],
-                                stdout=out, stderr=subprocess.STDOUT)
-    yield proc, log
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            pytest.fail("the node ignored SIGINT")
+    with node_process("aloha_sim_node", {}, log) as proc:
+        yield proc, log
 
 
 class Probe:
