@@ -35,14 +35,12 @@ reliable publisher, latched (transient local) or not.
 """
 from __future__ import annotations
 
-import threading
 
 import numpy as np
 from bimanual_vla.msg import DecoderMetrics
 from bimanual_vla.srv import GetActionChunk
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.event_handler import QoSLivelinessChangedInfo, SubscriptionEventCallbacks
 from rclpy.node import Node
 from rclpy.task import Future
@@ -107,16 +105,12 @@ class ActionDecoderNode(Node):
             self.output_period, watchdog, request_timeout,
             conditioning_steps=emb.chunk_horizon if blend == "rtc" else 0,
             logger=self.get_logger())
-        self._lock = threading.Lock()
         self._joint_positions: np.ndarray | None = None
         self._joint_state_problem = "no joint state received yet"
         self._futures: dict[int, Future] = {}
         self._published_state = self.core.state
 
         names = stack.interfaces
-        control_group = MutuallyExclusiveCallbackGroup()
-        io_group = MutuallyExclusiveCallbackGroup()
-        client_group = MutuallyExclusiveCallbackGroup()
         self._interface = interface
         if interface == "forward_position":
             self._command_pub = self.create_publisher(
@@ -127,24 +121,20 @@ class ActionDecoderNode(Node):
         self._metrics_pub = self.create_publisher(DecoderMetrics, names["decoder_metrics_topic"],
                                                   RELIABLE_QOS)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", RELIABLE_QOS)
-        self._client = self.create_client(GetActionChunk, names["get_chunk_service"],
-                                          callback_group=client_group)
+        self._client = self.create_client(GetActionChunk, names["get_chunk_service"])
         self.create_subscription(JointState, emb.driver["joint_states_topic"], self._on_joint_state,
-                                 RELIABLE_QOS, callback_group=io_group)
-        self.create_subscription(Bool, names["estop_topic"], self._on_estop_topic, RELIABLE_QOS,
-                                 callback_group=io_group)
+                                 RELIABLE_QOS)
+        self.create_subscription(Bool, names["estop_topic"], self._on_estop_topic, RELIABLE_QOS)
         self.create_subscription(
             Empty, names["backbone_heartbeat_topic"], lambda _msg: None,
-            liveliness_qos(float(names["backbone_liveliness_lease_s"])), callback_group=io_group,
+            liveliness_qos(float(names["backbone_liveliness_lease_s"])),
             event_callbacks=SubscriptionEventCallbacks(liveliness=self._on_backbone_liveliness))
-        self.create_service(Trigger, names["decoder_start_service"], self._on_start,
-                            callback_group=io_group)
-        self.create_service(Trigger, names["decoder_hold_service"], self._on_hold,
-                            callback_group=io_group)
-        self.create_service(SetBool, "~/estop", self._on_estop_service, callback_group=io_group)
+        self.create_service(Trigger, names["decoder_start_service"], self._on_start)
+        self.create_service(Trigger, names["decoder_hold_service"], self._on_hold)
+        self.create_service(SetBool, "~/estop", self._on_estop_service)
         # Timers run on the node's clock, so under use_sim_time they follow /clock.
-        self.create_timer(self.output_period, self._on_tick, callback_group=control_group)
-        self.create_timer(METRICS_PERIOD_S, self._publish_metrics, callback_group=io_group)
+        self.create_timer(self.output_period, self._on_tick)
+        self.create_timer(METRICS_PERIOD_S, self._publish_metrics)
         self.get_logger().info(
             f"{emb.name}: {blend} blending, {rate:g} Hz {interface} commands"
             f"{' (dry run: none published)' if self.dry_run else ''}, chunks from "
@@ -161,12 +151,11 @@ class ActionDecoderNode(Node):
 
     # ---- control loop ---------------------------------------------------------------------
     def _on_tick(self) -> None:
-        with self._lock:
-            now = self._now()
-            out = self.core.tick(now)
-            self._handle_expired(out)
-            if out.request is not None:
-                self._send_request(out)
+        now = self._now()
+        out = self.core.tick(now)
+        self._handle_expired(out)
+        if out.request is not None:
+            self._send_request(out)
         if out.command is not None and not self.dry_run:
             self._publish_command(out.command)
         self._publish_metrics_on_change()
@@ -203,24 +192,23 @@ class ActionDecoderNode(Node):
             self._client.remove_pending_request(future)
 
     def _on_response(self, request_id: int, future: Future) -> None:
-        with self._lock:
-            self._futures.pop(request_id, None)
-            now = self._now()
-            exc = future.exception()
-            if exc is not None or future.result() is None:
-                self.core.on_request_failed(now, request_id, f"call failed: {exc}")
-                return
-            response = future.result()
-            if not response.success:
-                self.core.on_request_failed(now, request_id,
-                                            f"backbone says: {response.message or 'no reason'}")
-                return
-            msg = response.chunk
-            chunk = Chunk(stamp=time_to_sec(msg.header.stamp), joint_names=list(msg.joint_names),
-                          control_period=duration_to_sec(msg.control_period),
-                          horizon=int(msg.horizon), actions=np.asarray(msg.actions, dtype=float),
-                          request_id=int(msg.request_id))
-            self.core.on_chunk(now, chunk, request_id)
+        self._futures.pop(request_id, None)
+        now = self._now()
+        exc = future.exception()
+        if exc is not None or future.result() is None:
+            self.core.on_request_failed(now, request_id, f"call failed: {exc}")
+            return
+        response = future.result()
+        if not response.success:
+            self.core.on_request_failed(now, request_id,
+                                        f"backbone says: {response.message or 'no reason'}")
+            return
+        msg = response.chunk
+        chunk = Chunk(stamp=time_to_sec(msg.header.stamp), joint_names=list(msg.joint_names),
+                      control_period=duration_to_sec(msg.control_period),
+                      horizon=int(msg.horizon), actions=np.asarray(msg.actions, dtype=float),
+                      request_id=int(msg.request_id))
+        self.core.on_chunk(now, chunk, request_id)
         self._publish_metrics_on_change()
 
     # ---- inputs ---------------------------------------------------------------------------
@@ -237,39 +225,34 @@ class ActionDecoderNode(Node):
             positions = np.array([msg.position[index[n]] for n in self.embodiment.joint_names])
             if not np.all(np.isfinite(positions)):
                 problem = "joint_states holds non-finite positions"
-        with self._lock:
-            if problem is None:
-                self._joint_positions, self._joint_state_problem = positions, ""
-            elif problem != self._joint_state_problem:
-                self.get_logger().warning(f"ignoring joint state: {problem}")
-                self._joint_state_problem = problem
+        if problem is None:
+            self._joint_positions, self._joint_state_problem = positions, ""
+        elif problem != self._joint_state_problem:
+            self.get_logger().warning(f"ignoring joint state: {problem}")
+            self._joint_state_problem = problem
 
     def _on_start(self, request, response):
-        with self._lock:
-            positions = self._joint_positions
-            ok, message = self.core.start(self._now(), positions)
-            if not ok and positions is None:
-                message = self._joint_state_problem
+        positions = self._joint_positions
+        ok, message = self.core.start(self._now(), positions)
+        if not ok and positions is None:
+            message = self._joint_state_problem
         response.success, response.message = ok, message
         self._publish_metrics_on_change()
         return response
 
     def _on_hold(self, request, response):
-        with self._lock:
-            response.success, response.message = self.core.hold()
+        response.success, response.message = self.core.hold()
         self._publish_metrics_on_change()
         return response
 
     def _set_estop(self, engaged: bool) -> tuple[bool, str]:
-        with self._lock:
-            result = self.core.set_estop(engaged)
+        result = self.core.set_estop(engaged)
         self._publish_metrics_on_change()
         return result
 
     def _on_backbone_liveliness(self, info: QoSLivelinessChangedInfo) -> None:
         if info.alive_count == 0 and info.alive_count_change < 0:
-            with self._lock:
-                self.core.backbone_lost("its heartbeat's DDS liveliness lapsed")
+            self.core.backbone_lost("its heartbeat's DDS liveliness lapsed")
             self._publish_metrics_on_change()
 
     def _on_estop_topic(self, msg: Bool) -> None:
@@ -285,19 +268,18 @@ class ActionDecoderNode(Node):
             self._publish_metrics()
 
     def _publish_metrics(self) -> None:
-        with self._lock:
-            now = self._now()
-            core, c = self.core, self.core.counters
-            self._published_state = core.state
-            last_latency = core.latency.last
-            msg = DecoderMetrics(
-                state=core.state.value, loop_period_mean_ms=core.loop.mean_ms,
-                loop_jitter_p99_ms=core.loop.jitter_p99_ms, ticks=c.ticks,
-                missed_ticks=c.missed_ticks, stalls=c.stalls, queue_depth=core.queue_depth(now),
-                backbone_latency_ms=1e3 * last_latency if last_latency is not None else 0.0,
-                chunks_received=c.chunks_received, chunks_rejected=c.chunks_rejected,
-                request_failures=c.request_failures, blends=c.blends,
-                limit_clamps=c.limit_clamps, estops=c.estops, last_rejection=c.last_rejection)
+        now = self._now()
+        core, c = self.core, self.core.counters
+        self._published_state = core.state
+        last_latency = core.latency.last
+        msg = DecoderMetrics(
+            state=core.state.value, loop_period_mean_ms=core.loop.mean_ms,
+            loop_jitter_p99_ms=core.loop.jitter_p99_ms, ticks=c.ticks,
+            missed_ticks=c.missed_ticks, stalls=c.stalls, queue_depth=core.queue_depth(now),
+            backbone_latency_ms=1e3 * last_latency if last_latency is not None else 0.0,
+            chunks_received=c.chunks_received, chunks_rejected=c.chunks_rejected,
+            request_failures=c.request_failures, blends=c.blends,
+            limit_clamps=c.limit_clamps, estops=c.estops, last_rejection=c.last_rejection)
         msg.header.stamp = sec_to_time(now)
         self._metrics_pub.publish(msg)
         self._diag_pub.publish(self._diagnostics(msg))
