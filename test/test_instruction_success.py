@@ -50,3 +50,15 @@ def test_handover_needs_the_object_up_on_the_receiving_side():
     spec = parse_instruction("hand the red cube over to the right arm")
     assert judge(spec, before, handed, CRITERIA).success is True
     assert not judge(spec, before, kept, CRITERIA).success
+
+
+def test_object_states_from_sim_object_messages():
+    from bimanual_vla.msg import SimObject
+    from instruction_server.success import object_states
+    cube = SimObject(name="red_cube", label="red cube")
+    cube.pose.position.x, cube.pose.position.y, cube.pose.position.z = 0.1, 0.5, 0.02
+    cube.size.x = cube.size.y = cube.size.z = 0.04
+    states = object_states([cube])
+    assert list(states) == ["red cube"]
+    assert states["red cube"].position.tolist() == [0.1, 0.5, 0.02]
+    assert states["red cube"].size.tolist() == [0.04, 0.04, 0.04]

@@ -123,8 +123,7 @@ def save_episode_media(frames, out_dir: Path, fps: float) -> list[Path]:
 def cmd_demo(args) -> int:
     from bimanual_core.client import StackClient, format_feedback
     from bimanual_core.instructions import parse_instruction
-    from instruction_server.success import ObjectState, judge, load_success_criteria
-    import numpy as np
+    from instruction_server.success import judge, load_success_criteria, object_states
 
     os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(1, 100)))
     out_dir = Path(args.out or repo_root() / "runs" / f"demo-{datetime.now():%Y%m%d-%H%M%S}")
@@ -146,11 +145,10 @@ def cmd_demo(args) -> int:
             time.sleep(0.5)
             independent_ok = True
             if client.objects_first is not None and client.objects_last is not None:
-                snap = lambda m: {o.label: ObjectState(  # noqa: E731
-                    o.label, np.array([o.pose.position.x, o.pose.position.y, o.pose.position.z]),
-                    np.array([o.size.x, o.size.y, o.size.z])) for o in m.objects}
-                verdict = judge(parse_instruction(args.instruction), snap(client.objects_first),
-                                snap(client.objects_last), load_success_criteria())
+                verdict = judge(parse_instruction(args.instruction),
+                                object_states(client.objects_first.objects),
+                                object_states(client.objects_last.objects),
+                                load_success_criteria())
                 independent_ok = verdict.success
                 print(f"[demo] simulator state: {verdict.reason}")
             media = save_episode_media(list(client.frames), out_dir, fps=args.video_fps)

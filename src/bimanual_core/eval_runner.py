@@ -35,7 +35,7 @@ from bimanual_core.instructions import parse_instruction
 from bimanual_core.ros_conversions import RELIABLE_QOS, time_to_sec
 from bimanual_vla.msg import DecoderMetrics, SimObjectArray
 from bimanual_vla.srv import ErQuery
-from instruction_server.success import ObjectState, judge, load_success_criteria
+from instruction_server.success import ObjectState, judge, load_success_criteria, object_states
 
 SIM_NODE = "aloha_sim"          # the simulator's node name in config/stack.yaml
 SCENE_SETTLE_S = 0.5            # sim time after a reset before the new scene counts as observed
@@ -71,10 +71,7 @@ class _SceneWatch:
                                         RELIABLE_QOS)
 
     def _on_objects(self, msg: SimObjectArray) -> None:
-        snap = {o.label: ObjectState(o.label, np.array([o.pose.position.x, o.pose.position.y,
-                                                        o.pose.position.z]),
-                                     np.array([o.size.x, o.size.y, o.size.z]))
-                for o in msg.objects}
+        snap = object_states(msg.objects)
         with self._lock:
             self._last, self._last_stamp = snap, time_to_sec(msg.header.stamp)
             if self._first is None:

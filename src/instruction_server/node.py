@@ -25,7 +25,6 @@ import math
 import threading
 import time
 
-import numpy as np
 import rclpy
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
@@ -39,7 +38,8 @@ from bimanual_core.ros_conversions import RELIABLE_QOS, time_to_sec
 from bimanual_vla.action import ExecuteInstruction
 from bimanual_vla.msg import PolicyStatus, SimObjectArray
 from bimanual_vla.srv import StartEpisode
-from instruction_server.success import ObjectState, Verdict, judge, load_success_criteria
+from instruction_server.success import (ObjectState, Verdict, judge, load_success_criteria,
+                                        object_states)
 
 
 class InstructionServer(Node):
@@ -93,11 +93,7 @@ class InstructionServer(Node):
         self._status = msg
 
     def _on_objects(self, msg: SimObjectArray) -> None:
-        self._objects = {
-            o.label: ObjectState(o.label,
-                                 np.array([o.pose.position.x, o.pose.position.y, o.pose.position.z]),
-                                 np.array([o.size.x, o.size.y, o.size.z]))
-            for o in msg.objects}
+        self._objects = object_states(msg.objects)
 
     # --- helpers ------------------------------------------------------------------------------
     def _now(self) -> float:

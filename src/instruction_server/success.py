@@ -7,7 +7,7 @@ policy's own claim.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 from bimanual_core.config import load_tasks
@@ -19,6 +19,14 @@ class ObjectState:
     label: str
     position: np.ndarray   # world frame, metres
     size: np.ndarray       # full extents, metres
+
+
+def object_states(objects: Iterable[Any]) -> dict[str, ObjectState]:
+    """label -> state, from bimanual_vla/SimObject messages (read by attribute, no ROS import)."""
+    return {o.label: ObjectState(o.label,
+                                 np.array([o.pose.position.x, o.pose.position.y, o.pose.position.z]),
+                                 np.array([o.size.x, o.size.y, o.size.z]))
+            for o in objects}
 
 
 @dataclass(frozen=True)
