@@ -1,0 +1,169 @@
+"""Demonstrations at scale: the zero-shot planner as a scripted expert in MuJoCo (no ROS).
+
+Each episode draws a scene from its seed (object poses, distractor colours, from
+config/tasks.yaml), plans with the zero-shot ER policy on ground-truth object boxes (what the ER
+`sim` backend reports), executes the plan at the control rate and renders the cameras at their
+configured rate, exactly the observations the ROS stack would publish. Frames are recorded at the
+control rate: the measured joints before each step, the command sent in that step, and each
+camera's latest image. The simulator judges success with the same rule as the instruction server.
+
+Training scenes use seeds from `DEMO_SEED_BASE` on, so they never overlap the evaluation's
+seeds (0, 1, 2, ... by default).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+DEMO_SEED_BASE = 100_000
+SETTLE_S = 0.5            # sim time recorded after the plan ends, so the final state is seen
+
+
+@dataclass(frozen=True)
+class ExpertSettings:
+    task: str = "pick"
+    embodiment: str = "aloha2"
+    cameras: tuple[str, ...] = ()     # empty: all of the embodiment's cameras
+    replan_s: float = 0.2             # how often the expert is queried, as the backbone would be
+    time_limit_s: float = 20.0        # sim seconds before an episode is cut off as failed
+
+
+class _Expert:
+    """One simulator and planner, reused across the episodes of one worker process."""
+
+    def __init__(self, settings: ExpertSettings):
+        from aloha_driver.sim import AlohaSim
+        from bimanual_core.config import load_embodiment
+        from instruction_server.success import load_success_criteria
+        from vla_backbone_node.zero_shot import ObjectLocation, ZeroShotPolicy
+
+        self.settings = settings
+        self.embodiment = load_embodiment(settings.embodiment)
+        self.sim = AlohaSim(self.embodiment, settings.task, seed=DEMO_SEED_BASE)
+        self.cameras = settings.cameras or tuple(self.embodiment.cameras)
+        self.criteria = load_success_criteria()
+        rate = float(self.embodiment.simulation.get("camera_rate_hz", 10.0))
+        self.camera_every = max(1, int(round(self.embodiment.control_rate_hz / rate)))
+
+        def locate(label: str):
+            for o in self.sim.objects():
+                if o["label"] == label:
+                    return ObjectLocation(o["position"], None, o["size"])
+            return None
+        self.policy = ZeroShotPolicy(self.embodiment, locate)
+
+    def _snapshot(self):
+        from instruction_server.success import ObjectState
+        return {o["label"]: ObjectState(o["label"], o["position"], o["size"])
+                for o in self.sim.objects()}
+
+    def run(self, seed: int):
+        """One episode on scene `seed` -> (Episode, verdict reason)."""
+        from bimanual_core.instructions import parse_instruction
+        from instruction_server.success import judge
+        from vla_backbone_node.policy import PolicyObservation
+        from vla_data.lerobot import Episode
+
+        sim, policy = self.sim, self.policy
+        sim.reset(seed)
+        instruction = sim.instruction
+        policy.reset(instruction, sim.task)
+        before = self._snapshot()
+        dt = self.embodiment.control_period
+        replan = max(1, int(round(self.settings.replan_s / dt)))
+        max_steps = int(self.settings.time_limit_s / dt)
+        settle_steps = int(round(SETTLE_S / dt))
+        states, actions, images = [], [], {c: [] for c in self.cameras}
+        latest: dict[str, np.ndarray] = {}
+        chunk, done_at = None, None
+        for step in range(max_steps):
+            if step % self.camera_every == 0:
+                latest = {c: sim.render(c, depth=False, segmentation=False)["rgb"]
+                          for c in self.cameras}
+            q = sim.joint_positions()
+            if step % replan == 0 and done_at is None:
+                chunk = policy.infer(PolicyObservation(sim.time, q, instruction=instruction))
+                offset = 0
+                if policy.status().done:
+                    done_at = step
+            row = chunk[min(offset, len(chunk) - 1)]
+            offset += 1
+            states.append(q)
+            actions.append(row)
+            for c in self.cameras:
+                images[c].append(latest[c])      # the same array object: no copy per frame
+            sim.step(row)
+            if done_at is not None and offset >= len(chunk) + settle_steps:
+                break
+        verdict = judge(parse_instruction(instruction, sim.task), before, self._snapshot(),
+                        self.criteria)
+        policy.stop()
+        episode = Episode(task=instruction, states=np.array(states), actions=np.array(actions),
+                          images=images, success=verdict.success)
+        return episode, verdict.reason
+
+    def close(self) -> None:
+        self.sim.close()
+
+
+_WORKER: _Expert | None = None
+
+
+def _worker_init(settings: ExpertSettings) -> None:
+    global _WORKER
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    _WORKER = _Expert(settings)
+
+
+def _worker_run(seed: int):
+    return seed, *_WORKER.run(seed)
+
+
+def generate(out: str | Path, settings: ExpertSettings, episodes: int, seed: int = DEMO_SEED_BASE,
+             workers: int = 1, keep_failures: bool = False, resume: bool = False,
+             say: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)
+             ) -> dict:
+    """Write `episodes` expert demonstrations (seeds `seed`, `seed + 1`, ...) to a LeRobot v3
+    dataset at `out`; with `resume`, append and skip seeds already recorded there."""
+    from bimanual_core.config import load_embodiment
+    from vla_data.lerobot import LeRobotWriter
+
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    embodiment = load_embodiment(settings.embodiment)
+    cameras = settings.cameras or tuple(embodiment.cameras)
+    sim_cfg = embodiment.simulation
+    writer = LeRobotWriter(out, embodiment.control_rate_hz, embodiment.joint_names, cameras,
+                           (int(sim_cfg.get("image_height", 240)),
+                            int(sim_cfg.get("image_width", 320))),
+                           robot_type=embodiment.name, resume=resume)
+    seeds_path = Path(out) / "meta" / "expert_seeds.txt"
+    done_seeds = ({int(s) for s in seeds_path.read_text().split()} if resume and
+                  seeds_path.exists() else set())
+    todo = [s for s in range(seed, seed + episodes) if s not in done_seeds]
+    t0, kept, failed = time.monotonic(), 0, []
+    ctx = get_context("spawn")          # a fresh interpreter per worker: its own EGL context
+    with ProcessPoolExecutor(max(1, workers), mp_context=ctx, initializer=_worker_init,
+                             initargs=(settings,)) as pool:
+        for n, (s, episode, reason) in enumerate(pool.map(_worker_run, todo), 1):
+            if episode.success or keep_failures:
+                writer.add_episode(episode)
+                kept += 1
+            if not episode.success:
+                failed.append((s, reason))
+            with seeds_path.open("a") as f:
+                f.write(f"{s}\n")
+            rate = n / (time.monotonic() - t0)
+            say(f"[record] {n}/{len(todo)} seed {s}: {'ok' if episode.success else 'FAILED'} "
+                f"({len(episode)} steps) | kept {kept}, {rate * 60:.1f} episodes/min, "
+                f"eta {(len(todo) - n) / rate:.0f} s")
+    return {"dataset": str(out), "episodes_kept": kept, "episodes_total": writer.num_episodes,
+            "frames_total": writer.num_frames, "failures": failed,
+            "seconds": round(time.monotonic() - t0, 1)}
