@@ -12,6 +12,8 @@ Interfaces (names from config/stack.yaml `interfaces`):
   srv  get_chunk_service      bimanual_vla/GetActionChunk: infer on the latest observation
   pub  action_chunk_topic     bimanual_vla/ActionChunk: every chunk served (for tools)
   pub  policy_status_topic    bimanual_vla/PolicyStatus: on every chunk and state change (latched)
+  pub  /diagnostics           diagnostic_msgs/DiagnosticArray: the remote policy's latency
+                              (inference, network, total: last, p50, p99) after every chunk request
   cli  er_query_service       bimanual_vla/ErQuery: where the zero-shot policy finds objects
 
 Parameters:
@@ -24,6 +26,11 @@ Parameters:
     the node's clock (sim time under use_sim_time: the simulator runs slower than the wall clock
     while rendering, and the decoder measures latency on its clock), in the service callback's
     thread, so observations keep arriving meanwhile.
+  remote_uri (str, ""): the policy server of the "remote" policy (`bimanual-vla serve`, or an
+    openpi pi0 / pi0.5 server), e.g. ws://gpu-box:8000; needed when policy is "remote".
+  remote_timeout_s (float, 1.0): per-request timeout of the remote policy (connecting included).
+  remote_retries (int, 2): attempts after the first, each on a new connection, before a request
+    to the remote policy fails.
 
 Service callbacks that touch the policy share one mutually exclusive callback group (the policy
 is not thread-safe); the ER client and the observation subscription have groups of their own, so
@@ -34,15 +41,17 @@ from __future__ import annotations
 import math
 import threading
 import time
+from dataclasses import asdict
 
 import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.duration import Duration
 from rclpy.node import Node
 from std_msgs.msg import Empty, Header
 from std_srvs.srv import Trigger
 
-from bimanual_core.config import Embodiment, load_embodiment, load_stack
+from bimanual_core.config import Embodiment, load_embodiment, load_stack, resolve_checkpoint
 from bimanual_core.node_runner import run_node
 from bimanual_core.ros_conversions import (LATCHED_QOS, RELIABLE_QOS, ImageEncodingError,
                                            image_to_numpy, liveliness_qos, sec_to_duration,
@@ -51,6 +60,7 @@ from bimanual_vla.msg import ActionChunk, Observation, PolicyStatus
 from bimanual_vla.srv import ErQuery, GetActionChunk, StartEpisode
 from vla_backbone_node.policy import (Policy, PolicyError, PolicyObservation, available_policies,
                                       make_policy)
+from vla_backbone_node.remote import RemotePolicy
 from vla_backbone_node.zero_shot import ObjectLocation
 
 WARN_THROTTLE_S = 5.0
@@ -93,6 +103,12 @@ class VlaBackbone(Node):
         self.declare_parameter("chunk_horizon", self.embodiment.chunk_horizon)
         self.declare_parameter("er_timeout_s", 5.0)
         self.declare_parameter("inject_delay_s", 0.0)
+        self.declare_parameter("checkpoint", "")
+        self.declare_parameter("device", "auto")
+        self.declare_parameter("torch_threads", 0)
+        self.declare_parameter("remote_uri", "")
+        self.declare_parameter("remote_timeout_s", 1.0)
+        self.declare_parameter("remote_retries", 2)
         self._horizon = int(self.get_parameter("chunk_horizon").value)
         self._er_timeout = float(self.get_parameter("er_timeout_s").value)
         self._inject_delay = float(self.get_parameter("inject_delay_s").value)
@@ -126,6 +142,7 @@ class VlaBackbone(Node):
             liveliness_qos(float(self.names["backbone_liveliness_lease_s"])))
         self._status_pub = self.create_publisher(PolicyStatus, self.names["policy_status_topic"],
                                                  LATCHED_QOS)
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", RELIABLE_QOS)
         self.create_service(StartEpisode, self.names["start_episode_service"], self._on_start,
                             callback_group=policy_group)
         self.create_service(Trigger, self.names["stop_episode_service"], self._on_stop,
@@ -141,10 +158,19 @@ class VlaBackbone(Node):
     # ------------------------------------------------------------------ policy
 
     def _make_policy(self, name: str) -> Policy:
-        """Build a registered policy; the zero-shot one gets the ER service as its eyes."""
+        """Build a registered policy; the zero-shot one gets the ER service as its eyes, the
+        remote one its server."""
         deps = {"horizon": self._horizon}
         if name == "zero_shot":
             deps["locate"] = self._locate
+        elif name == "learned":
+            deps.update(checkpoint=resolve_checkpoint(str(self.get_parameter("checkpoint").value)),
+                        device=str(self.get_parameter("device").value),
+                        threads=int(self.get_parameter("torch_threads").value))
+        elif name == "remote":
+            deps.update(uri=str(self.get_parameter("remote_uri").value),
+                        timeout_s=float(self.get_parameter("remote_timeout_s").value),
+                        retries=int(self.get_parameter("remote_retries").value))
         return make_policy(name, self.embodiment, **deps)
 
     def _call_er(self, request: ErQuery.Request) -> ErQuery.Response:
@@ -274,8 +300,35 @@ class VlaBackbone(Node):
         response.message = "episode stopped" if was_active else "no episode was running"
         return response
 
+    def _publish_remote_latency(self) -> None:
+        """The remote policy's latency on /diagnostics (and the last one in the debug log)."""
+        if not isinstance(self._policy, RemotePolicy):
+            return
+        policy, last = self._policy, self._policy.last_latency
+        fields = {"uri": policy.uri, "server_policy": policy.server_metadata.get("policy", "")}
+        if last is not None:
+            self.get_logger().debug(f"remote latency: total {last.total_ms:.1f} ms = inference "
+                                    f"{last.inference_ms:.1f} + network {last.network_ms:.1f}")
+            fields.update({f"last_{k}": f"{v:.2f}" for k, v in asdict(last).items()})
+        fields.update({k: v if isinstance(v, int) else f"{v:.2f}"
+                       for k, v in policy.latency_stats().items()})
+        status = DiagnosticStatus(
+            level=DiagnosticStatus.WARN if policy.last_error else DiagnosticStatus.OK,
+            name="vla_backbone: remote policy", hardware_id=policy.uri,
+            message=policy.last_error or "ok",
+            values=[KeyValue(key=k, value=str(v)) for k, v in fields.items()])
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self._diag_pub.publish(array)
+
     def _on_get_chunk(self, request: GetActionChunk.Request,
                       response: GetActionChunk.Response) -> GetActionChunk.Response:
+        response = self._serve_chunk(request, response)
+        self._publish_remote_latency()
+        return response
+
+    def _serve_chunk(self, request: GetActionChunk.Request,
+                     response: GetActionChunk.Response) -> GetActionChunk.Response:
         response.success = False
         with self._lock:
             latest = self._latest

@@ -134,6 +134,8 @@ PolicyFactory = Callable[..., Policy]
 # dependency of one policy (a model runtime, a client library) never loads for another.
 _BUILTIN: dict[str, str] = {
     "zero_shot": "vla_backbone_node.zero_shot:ZeroShotPolicy",
+    "learned": "vla_model.policy:LearnedPolicy",
+    "remote": "vla_backbone_node.remote:RemotePolicy",
 }
 _REGISTERED: dict[str, PolicyFactory] = {}
 
