@@ -5,6 +5,10 @@
     bimanual-vla demo                     up + one instruction + a video of it, then shut down
     bimanual-vla evaluate                 up once, N episodes of a task on seeds S, S+1, ...;
                                           success rate with its 95 % interval to bench/results/
+    bimanual-vla record --out DIR         up once (or --attach), N episodes recorded as a
+                                          LeRobotDataset v3 (cameras, joints, commands, success)
+    bimanual-vla serve --policy P         serve a policy (name or checkpoint) over the openpi
+                                          websocket protocol: the "cloud backbone"
 
 Exit codes: 0 success, 1 the instruction or the stack failed, 2 bad usage or no stack reachable,
 130 interrupted.
@@ -40,8 +44,10 @@ def _parse_overrides(items: list[str]) -> dict[str, dict[str, object]]:
 
 
 def _start_stack(args, log_dir: Path):
-    from bimanual_core.bringup import StackProcesses, node_launch_specs
+    from bimanual_core.bringup import StackProcesses, node_launch_specs, with_backbone_policy
     overrides = _parse_overrides(args.set)
+    if getattr(args, "policy", None):
+        _, overrides = with_backbone_policy(overrides, args.policy)
     overrides.setdefault("aloha_sim", {}).update({"task": args.task, "seed": args.seed})
     specs = node_launch_specs(embodiment=args.embodiment, sim=not args.real, overrides=overrides)
     procs = StackProcesses(specs, log_dir, echo=sys.stdout)
@@ -185,6 +191,139 @@ def cmd_evaluate(args) -> int:
     return EXIT_INTERRUPTED if report["status"] == "interrupted" else EXIT_OK
 
 
+def cmd_record(args) -> int:
+    from vla_data.lerobot import DatasetError
+    from vla_data.recorder import record
+    overrides = _parse_overrides(args.set)
+    if args.attach and overrides:
+        print("--set applies to a stack this command starts; not with --attach", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        summary = record(args.out, args.task, args.episodes, args.seed, args.policy,
+                         args.embodiment, overrides, resume=args.resume,
+                         keep_failures=args.keep_failures, attach=args.attach,
+                         time_limit_s=args.time_limit, log_dir=args.log_dir,
+                         ready_timeout_s=args.ready_timeout)
+    except DatasetError as exc:
+        print(f"[record] {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    failed = summary["failures"]
+    print(f"[record] {summary['episodes_kept']} episodes written ({len(failed)} failed, "
+          f"{'written too' if args.keep_failures else 'not written'}) in "
+          f"{summary['seconds']:.0f} s; "
+          f"{summary['dataset']} holds {summary['episodes_total']} episodes, "
+          f"{summary['frames_total']} frames")
+    for seed, reason in failed:
+        print(f"[record]   seed {seed} failed: {reason}")
+    if summary["status"] == "stack_failed":
+        return EXIT_FAILED
+    return EXIT_INTERRUPTED if summary["status"] == "interrupted" else EXIT_OK
+
+
+def cmd_serve(args) -> int:
+    from bimanual_core.config import load_embodiment
+    from vla_backbone_node.policy import make_policy
+    from vla_backbone_node.remote import PolicyServer
+    name, deps = args.policy, {}
+    if Path(args.policy).is_dir():
+        if not (Path(args.policy) / "config.json").is_file():
+            print(f"{args.policy} is not a checkpoint directory (no config.json)", file=sys.stderr)
+            return EXIT_USAGE
+        name, deps = "learned", {"checkpoint": args.policy}
+    embodiment = load_embodiment(args.embodiment)
+    try:
+        policy = make_policy(name, embodiment, **deps)
+    except Exception as exc:  # noqa: BLE001 - whatever stops the policy from loading, say it
+        print(f"cannot build policy {args.policy!r}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    server = None
+    try:
+        server = PolicyServer(policy, args.host, args.port)
+        print(f"[serve] policy {policy.name!r} for {embodiment.name} on "
+              f"ws://{args.host}:{server.port} (openpi protocol). Ctrl-C stops.", flush=True)
+        server.serve_forever()
+    except OSError as exc:
+        print(f"[serve] cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("\n[serve] shutting down", flush=True)
+    finally:
+        if server is not None:
+            server.stop()
+        policy.close()
+    return EXIT_OK
+
+
+def cmd_record_expert(args) -> int:
+    from vla_data.expert import ExpertSettings, generate
+    from vla_data.lerobot import DatasetError
+    settings = ExpertSettings(task=args.task, embodiment=args.embodiment or "aloha2",
+                              cameras=tuple(args.cameras.split(",")) if args.cameras else ())
+    try:
+        summary = generate(args.out, settings, args.episodes, args.seed, args.workers,
+                           keep_failures=args.keep_failures, resume=args.resume)
+    except DatasetError as exc:
+        print(f"[record-expert] {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"[record-expert] kept {summary['episodes_kept']} episodes "
+          f"({len(summary['failures'])} failed) in {summary['seconds']:.0f} s; {summary['dataset']} "
+          f"holds {summary['episodes_total']} episodes, {summary['frames_total']} frames")
+    return EXIT_OK
+
+
+def _train_settings(args, **extra):
+    from vla_model.training import TrainSettings
+    model = {}
+    if getattr(args, "cameras", None):
+        model["cameras"] = args.cameras.split(",")
+    if getattr(args, "action_head", None):
+        model["action_head"] = args.action_head
+    if getattr(args, "embodiment", None):
+        model["embodiment"] = args.embodiment
+    return TrainSettings(datasets=args.data, output_dir=args.out, steps=args.steps,
+                         batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
+                         save_every=args.save_every, eval_every=args.eval_every,
+                         image_stride=args.image_stride, device=args.device, resume=args.resume,
+                         model=model, **extra)
+
+
+def _run_training(settings, what: str) -> int:
+    from vla_model.training import train
+    try:
+        metrics = train(settings)
+    except (ValueError, OSError) as exc:
+        print(f"[{what}] {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"[{what}] saved {settings.output_dir}: {metrics}")
+    return EXIT_OK
+
+
+def cmd_train(args) -> int:
+    return _run_training(_train_settings(args), "train")
+
+
+def cmd_finetune(args) -> int:
+    from bimanual_core.config import resolve_checkpoint
+    return _run_training(_train_settings(args, init_from=resolve_checkpoint(args.checkpoint),
+                                         warmup_steps=50), "finetune")
+
+
+def _add_training_args(p: argparse.ArgumentParser, steps: int, lr: float) -> None:
+    p.add_argument("--data", action="append", required=True,
+                   help="a LeRobotDataset v3 directory (repeat for several)")
+    p.add_argument("--out", required=True, help="output directory (checkpoints, log, model)")
+    p.add_argument("--steps", type=_int_at_least(1), default=steps)
+    p.add_argument("--batch-size", type=_int_at_least(1), default=48)
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-every", type=_int_at_least(1), default=250)
+    p.add_argument("--eval-every", type=_int_at_least(1), default=250)
+    p.add_argument("--image-stride", type=_int_at_least(1), default=10,
+                   help="control steps between the camera frames used (and cached)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (auto: cuda if present)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint-*")
+
+
 def _int_at_least(minimum: int):
     def parse(text: str) -> int:
         value = int(text)
@@ -225,8 +364,37 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--embodiment", default="aloha2")
     ins.set_defaults(func=cmd_instruct)
 
+    rex = sub.add_parser("record-expert", help="scripted-expert demonstrations in MuJoCo, "
+                         "without ROS (fast, parallel) as a LeRobotDataset v3")
+    rex.add_argument("--task", default="pick")
+    rex.add_argument("--episodes", type=_int_at_least(1), default=100)
+    rex.add_argument("--out", required=True)
+    rex.add_argument("--seed", type=int, default=100_000, help="first scene seed")
+    rex.add_argument("--workers", type=_int_at_least(1), default=max(1, (os.cpu_count() or 2) - 1))
+    rex.add_argument("--cameras", default="", help="comma-separated (default: all)")
+    rex.add_argument("--embodiment", default=None)
+    rex.add_argument("--resume", action="store_true")
+    rex.add_argument("--keep-failures", action="store_true")
+    rex.set_defaults(func=cmd_record_expert)
+
+    tr = sub.add_parser("train", help="train a VLA model from scratch on demonstrations")
+    _add_training_args(tr, steps=2000, lr=5e-4)
+    tr.add_argument("--cameras", default="cam_high,cam_left_wrist,cam_right_wrist",
+                    help="comma-separated cameras the model uses")
+    tr.add_argument("--action-head", choices=("regression", "flow"), default="regression")
+    tr.add_argument("--embodiment", default=None)
+    tr.set_defaults(func=cmd_train)
+
+    ft = sub.add_parser("finetune", help="fine-tune a checkpoint on a few demonstrations")
+    ft.add_argument("--checkpoint", default="default", help="directory, or a name in models/")
+    _add_training_args(ft, steps=1000, lr=2e-4)
+    ft.set_defaults(func=cmd_finetune)
+
     demo = sub.add_parser("demo", help="bring up the simulated stack, run one instruction, record it")
     _add_stack_args(demo)
+    demo.add_argument("--policy", default="zero_shot",
+                      help="backbone: zero_shot, learned, remote, or a checkpoint (a directory, "
+                           "or a name in models/ such as default)")
     demo.add_argument("--instruction", default=None,
                       help="default: the task's instruction from config/tasks.yaml")
     demo.add_argument("--time-limit", type=float, default=120.0)
@@ -253,6 +421,42 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--ready-timeout", type=float, default=120.0,
                     help="seconds to wait for the stack to come up")
     ev.set_defaults(func=cmd_evaluate)
+
+    from vla_data.expert import DEMO_SEED_BASE
+    rec = sub.add_parser("record", help="record demonstrations from the stack as a LeRobotDataset")
+    rec.add_argument("--out", required=True, help="dataset directory (LeRobotDataset v3)")
+    rec.add_argument("--task", default="pick", help="config/tasks.yaml task: pick, place, handover")
+    rec.add_argument("--episodes", type=_int_at_least(1), default=10)
+    rec.add_argument("--seed", type=_int_at_least(0), default=DEMO_SEED_BASE,
+                     help="episode i uses scene seed SEED + i (default: apart from evaluation's)")
+    rec.add_argument("--policy", default="zero_shot",
+                     help="backbone: zero_shot, learned, remote, or a checkpoint (a directory, "
+                          "or a name in models/); attached: that of the running backbone")
+    rec.add_argument("--embodiment", default=None,
+                     help="config/<name>.yaml (default from stack.yaml)")
+    rec.add_argument("--resume", action="store_true",
+                     help="append to the dataset in --out, skipping seeds already tried there")
+    rec.add_argument("--keep-failures", action="store_true",
+                     help="also write failed episodes (success false)")
+    rec.add_argument("--attach", action="store_true",
+                     help="record from the stack already running (`bimanual-vla up --task ...`)")
+    rec.add_argument("--time-limit", type=float, default=0.0,
+                     help="seconds of sim time per episode (0 = the instruction server's default)")
+    rec.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE",
+                     help="override a node parameter of the stack started here")
+    rec.add_argument("--log-dir", default=None, help="node logs (default runs/record-<time>)")
+    rec.add_argument("--ready-timeout", type=float, default=120.0,
+                     help="seconds to wait for the stack to come up (or to be reachable)")
+    rec.set_defaults(func=cmd_record)
+
+    srv = sub.add_parser("serve", help="serve a backbone policy over the openpi websocket protocol")
+    srv.add_argument("--policy", required=True,
+                     help="registered policy name, or a checkpoint directory (with config.json)")
+    srv.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    srv.add_argument("--port", type=_int_at_least(0), default=8000, help="0 picks a free port")
+    srv.add_argument("--embodiment", default=None,
+                     help="config/<name>.yaml (default from stack.yaml)")
+    srv.set_defaults(func=cmd_serve)
     return parser
 
 
@@ -272,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if getattr(args, "embodiment", "x") is None:
             args.embodiment = load_stack().embodiment
-        if args.command in ("demo", "evaluate"):
+        if args.command in ("demo", "evaluate", "record"):
             tasks = load_tasks()["tasks"]
             if args.task not in tasks:
                 print(f"unknown task {args.task!r}; known: {', '.join(tasks)}", file=sys.stderr)

@@ -5,7 +5,8 @@ simulator's `seed` parameter, then /sim/reset), sends the task's instruction fro
 config/tasks.yaml over /execute_instruction exactly as a user would, and records the result.
 Success is the instruction server's verdict from the simulator's state; the evaluator also judges
 each episode itself from /sim/objects and reports any disagreement. Benchmarks call
-`run_evaluation()` directly.
+`run_evaluation()` directly; `simulated_stack` and `EpisodeRunner` also drive the demonstration
+recorder (`vla_data.recorder`).
 """
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ import re
 import sys
 import threading
 import time
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Any, Callable, Iterator, TextIO
 
 import numpy as np
 from rcl_interfaces.srv import SetParameters
@@ -25,7 +27,7 @@ from rclpy.parameter import Parameter
 from std_srvs.srv import Trigger
 
 from aloha_driver.sim_node import RESET_SERVICE
-from bimanual_core.bringup import StackProcesses, node_launch_specs
+from bimanual_core.bringup import StackProcesses, node_launch_specs, with_backbone_policy
 from bimanual_core.client import StackClient
 from bimanual_core.config import load_embodiment, load_stack, load_tasks, repo_root
 from bimanual_core.evaluation import (EpisodeRecord, build_report, classify_failure,
@@ -46,6 +48,33 @@ PERCEPTION_READY_TIMEOUT_S = 20.0
 
 class StackFailure(RuntimeError):
     """The stack, not the policy, failed: a node died or a service of the stack did not answer."""
+
+
+def ros_domain() -> int:
+    """This run's ROS domain: $ROS_DOMAIN_ID, or a random one so that parallel runs stay apart."""
+    return int(os.environ.get("ROS_DOMAIN_ID") or random.randint(1, 100))
+
+
+@contextmanager
+def simulated_stack(embodiment: str, task: str, seed: int,
+                    overrides: dict[str, dict[str, Any]] | None, log_dir: Path, domain: int,
+                    ready_timeout_s: float) -> Iterator[tuple[StackClient, StackProcesses]]:
+    """The simulated stack on scene (`task`, `seed`), one process per node on ROS `domain`, and
+    a client of it; StackFailure when it does not come up. The nodes stop on exit."""
+    node_overrides = {node: dict(params) for node, params in (overrides or {}).items()}
+    node_overrides.setdefault(SIM_NODE, {}).update(task=task, seed=seed)
+    env = dict(os.environ, ROS_DOMAIN_ID=str(domain))
+    procs = StackProcesses(node_launch_specs(embodiment=embodiment, sim=True,
+                                             overrides=node_overrides), log_dir, env=env)
+    procs.start()
+    try:
+        with StackClient(embodiment, domain_id=domain) as client:
+            failure = procs.wait_until_ready(client.wait_ready, ready_timeout_s)
+            if failure:
+                raise StackFailure(failure)
+            yield client, procs
+    finally:
+        procs.stop()
 
 
 def default_output(policy: str, task: str) -> Path:
@@ -107,7 +136,7 @@ def _wait(predicate, timeout: float, period: float = 0.02) -> bool:
     return True
 
 
-class _EpisodeRunner:
+class EpisodeRunner:
     """Runs one episode at a time on a stack that is up: choose the scene, instruct, record."""
 
     def __init__(self, client: StackClient, embodiment: str, task: str, policy: str,
@@ -170,15 +199,18 @@ class _EpisodeRunner:
             raise StackFailure(self.dead_node() or "no ground truth from the simulator after "
                                "the scene reset")
 
-    def run(self, index: int, seed: int) -> EpisodeRecord:
-        """One episode on scene `seed`; StackFailure when the stack (not the policy) failed."""
+    def run(self, index: int, seed: int,
+            during: AbstractContextManager = nullcontext()) -> EpisodeRecord:
+        """One episode on scene `seed`; StackFailure when the stack (not the policy) failed.
+        `during` is entered just before the instruction is sent and left at its result."""
         self.reset_scene(seed)
         spec, client = self.spec, self.client
         self.watch.begin()
-        sim0, wall0 = client.sim_time, time.monotonic()
-        outcome = client.execute(self.instruction, task=self.task, policy=self.policy,
-                                 time_limit_s=self.time_limit_s, give_up=self.dead_node)
-        wall, sim1 = time.monotonic() - wall0, client.sim_time
+        with during:
+            sim0, wall0 = client.sim_time, time.monotonic()
+            outcome = client.execute(self.instruction, task=self.task, policy=self.policy,
+                                     time_limit_s=self.time_limit_s, give_up=self.dead_node)
+            wall, sim1 = time.monotonic() - wall0, client.sim_time
         crashed = self.dead_node()
         if crashed or outcome.status == "abandoned":     # the outcome may be the crash's doing
             raise StackFailure(crashed or outcome.reason)
@@ -230,28 +262,22 @@ def run_evaluation(policy: str = "zero_shot", task: str = "pick", episodes: int 
         raise ValueError(f"need episodes >= 1 and seed >= 0, got {episodes} and {seed}")
     embodiment = embodiment or load_stack().embodiment
     instruction = tasks[task]["instruction"]
+    registered, stack_overrides = with_backbone_policy(overrides, policy)   # ConfigError if unknown
 
     started_at = datetime.now(timezone.utc)
     log_dir = Path(log_dir or repo_root() / "runs" / f"eval-{started_at:%Y%m%d-%H%M%S}")
-    node_overrides = {node: dict(params) for node, params in (overrides or {}).items()}
-    node_overrides.setdefault(SIM_NODE, {}).update(task=task, seed=seed)
-    domain = int(os.environ.get("ROS_DOMAIN_ID") or random.randint(1, 100))
-    env = dict(os.environ, ROS_DOMAIN_ID=str(domain))
-    procs = StackProcesses(node_launch_specs(embodiment=embodiment, sim=True,
-                                             overrides=node_overrides), log_dir, env=env)
+    domain = ros_domain()
     records: list[EpisodeRecord] = []
     status, failure = "complete", None
     t_start = time.monotonic()
 
     say(f"[eval] {policy} on {task} ({instruction!r}): {episodes} episodes from seed {seed}, "
         f"ROS domain {domain}, logs in {log_dir}")
-    procs.start()
     try:
-        with StackClient(embodiment, domain_id=domain) as client:
-            runner = _EpisodeRunner(client, embodiment, task, policy, time_limit_s, procs.failure, say)
-            failure = procs.wait_until_ready(client.wait_ready, ready_timeout_s)
-            if failure:
-                raise StackFailure(failure)
+        with simulated_stack(embodiment, task, seed, stack_overrides, log_dir, domain,
+                             ready_timeout_s) as (client, procs):
+            runner = EpisodeRunner(client, embodiment, task, registered, time_limit_s,
+                                   procs.failure, say)
             if not runner.wait_perception():
                 say(f"[eval] warning: perception does not find the {runner.spec.object} yet")
             say(f"[eval] stack ready after {time.monotonic() - t_start:.1f} s")
@@ -268,7 +294,6 @@ def run_evaluation(policy: str = "zero_shot", task: str = "pick", episodes: int 
         status, failure = "error", f"{type(exc).__name__}: {exc}"
         raise
     finally:
-        procs.stop()
         report = build_report(
             records, policy=policy, task=task, embodiment=embodiment, instruction=instruction,
             seed=seed, episodes_requested=episodes, time_limit_s=time_limit_s,
