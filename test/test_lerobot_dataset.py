@@ -92,7 +92,8 @@ def test_scripted_expert_records_a_successful_pick(tmp_path):
     states, actions = table["observation.state"], table["action"]
     assert states.shape[1] == 14 and len(states) > 200 and data.success(0)
     assert np.ptp(actions[:, :6], axis=0).max() > 0.3          # the left arm moved
-    assert np.abs(states[-50:] - actions[-50:]).mean() < 0.05  # and reached its targets
+    arms = [i for i in range(14) if i not in (6, 13)]          # a held cube stops the gripper
+    assert np.abs(states[-50:, arms] - actions[-50:, arms]).mean() < 0.02   # targets reached
     frames = data.frames(0, "cam_high")
     assert frames.shape == (len(states), 240, 320, 3)
     assert np.abs(frames[0].astype(int) - frames[-1].astype(int)).mean() > 1.0   # scene changed

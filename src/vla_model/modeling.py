@@ -136,6 +136,8 @@ class BimanualVLAModel(PreTrainedModel):
         self.text_embed = nn.Parameter(torch.zeros(1, config.max_text_tokens, d))
         self.state_proj = nn.Linear(config.action_dim, d)
         self.state_embed = nn.Parameter(torch.zeros(1, 1, d))
+        if config.time_input:
+            self.time_in = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
         per_query = config.actions_per_query * config.action_dim
         self.cond_proj = nn.Linear(config.action_dim, d)
         self.cond_embed = nn.Parameter(torch.zeros(
@@ -223,7 +225,7 @@ class BimanualVLAModel(PreTrainedModel):
         return tokens.reshape(b, n, *tokens.shape[1:])
 
     def _memory(self, image_features, image_mask, text_embeddings, text_mask, state,
-                conditioning, conditioning_mask):
+                conditioning, conditioning_mask, elapsed=None):
         vis = self._camera_tokens(image_features)
         b, n, t, _ = vis.shape
         vis = (vis + self.camera_embed[None, :n] + self.grid_embed[:, None]).reshape(b, n * t, -1)
@@ -238,6 +240,13 @@ class BimanualVLAModel(PreTrainedModel):
         st = self.state_proj((state - self.state_mean) / self.state_std)[:, None] + self.state_embed
         tokens, pads = [vis, text, st], [vis_pad, text_pad, torch.zeros(b, 1, dtype=torch.bool,
                                                                          device=state.device)]
+        if self.config.time_input:
+            if elapsed is None:
+                raise ValueError("this model needs `elapsed` (seconds since the episode started)")
+            seconds = elapsed.to(st.dtype).reshape(b)
+            embedding = _time_embedding(seconds / 100.0, self.config.hidden_size)
+            tokens.append(self.time_in(embedding)[:, None])
+            pads.append(torch.zeros(b, 1, dtype=torch.bool, device=state.device))
         if conditioning is not None and conditioning.shape[1] > 0:
             every = self.config.actions_per_query
             k = min(conditioning.shape[1], self.config.max_conditioning)
@@ -264,8 +273,8 @@ class BimanualVLAModel(PreTrainedModel):
     # ------------------------------------------------------------------ training / inference
 
     def forward(self, state, text_embeddings, text_mask, image_mask, images=None,
-                image_features=None, conditioning=None, conditioning_mask=None, actions=None,
-                progress=None) -> VLAOutput:
+                image_features=None, conditioning=None, conditioning_mask=None, elapsed=None,
+                actions=None, progress=None) -> VLAOutput:
         """With `actions` (B, H, D) and `progress` (B,): the training loss. Without: for the
         regression head, the predicted chunk (use `predict` for either head)."""
         if image_features is None:
@@ -273,7 +282,7 @@ class BimanualVLAModel(PreTrainedModel):
                 raise ValueError("give images or image_features")
             image_features = self.encode_images(images)
         memory, pad = self._memory(image_features, image_mask, text_embeddings, text_mask, state,
-                                   conditioning, conditioning_mask)
+                                   conditioning, conditioning_mask, elapsed)
         if actions is None:
             return self._predict_from(memory, pad)
         target = (actions - self.action_mean) / self.action_std

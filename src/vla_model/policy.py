@@ -51,6 +51,7 @@ class LearnedPolicy(Policy):
         self.done_progress = float(done_progress)
         self.last_inference_ms = 0.0
         self._instruction = ""
+        self._start: float | None = None       # stamp of the episode's first observation
         self._state = PolicyState()
 
     def reset(self, instruction: str, task: str = "") -> None:
@@ -58,6 +59,7 @@ class LearnedPolicy(Policy):
             raise PolicyError("the instruction is empty")
         self.processor.text([instruction])          # encode (and cache) it now, not mid-episode
         self._instruction = instruction
+        self._start = None
         self._state = PolicyState(phase="planning", description=f"ready: {instruction}")
 
     def stop(self) -> None:
@@ -77,9 +79,11 @@ class LearnedPolicy(Policy):
         if not frames:
             raise ObservationError(f"the observation has none of the cameras the model was "
                                    f"trained with ({', '.join(self.model.config.cameras)})")
+        if self._start is None:
+            self._start = obs.stamp
         t0 = time.perf_counter()
         inputs = self.processor.inputs(frames, self._instruction, obs.joint_positions,
-                                       conditioning)
+                                       conditioning, elapsed=max(0.0, obs.stamp - self._start))
         with torch.inference_mode():
             out = self.model.predict(**inputs)
         chunk = out.actions[0].float().cpu().numpy().astype(float)
@@ -89,6 +93,9 @@ class LearnedPolicy(Policy):
             self._state = PolicyState(phase="failed", failed=True,
                                       message="the model predicted non-finite actions")
             raise PolicyError("the model predicted non-finite actions")
+        # Regression lands a little past targets that sit on a limit (an open gripper is 1.0):
+        # clip to the embodiment's range, as the demonstrations were.
+        np.clip(chunk, self.embodiment.lower, self.embodiment.upper, out=chunk)
         if len(chunk) < self.horizon:
             chunk = np.vstack([chunk, np.repeat(chunk[-1:], self.horizon - len(chunk), 0)])
         done = progress >= self.done_progress

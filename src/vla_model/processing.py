@@ -89,13 +89,15 @@ class VLAProcessor:
                 torch.from_numpy(mask)[None].to(self.device))
 
     def inputs(self, frames: Mapping[str, np.ndarray], instruction: str, state: np.ndarray,
-               conditioning: np.ndarray | None = None) -> dict[str, torch.Tensor]:
-        """Model inputs for one observation (batch of 1)."""
+               conditioning: np.ndarray | None = None, elapsed: float = 0.0
+               ) -> dict[str, torch.Tensor]:
+        """Model inputs for one observation (batch of 1); `elapsed`: seconds into the episode."""
         images, image_mask = self.images(frames)
         text, text_mask = self.text([instruction])
         out = dict(images=images, image_mask=image_mask, text_embeddings=text,
                    text_mask=text_mask,
-                   state=torch.as_tensor(np.asarray(state, np.float32))[None].to(self.device))
+                   state=torch.as_tensor(np.asarray(state, np.float32))[None].to(self.device),
+                   elapsed=torch.tensor([float(elapsed)], device=self.device))
         if conditioning is not None and len(conditioning):
             cond = np.asarray(conditioning, np.float32)[:self.config.max_conditioning]
             out["conditioning"] = torch.from_numpy(cond)[None].to(self.device)

@@ -45,7 +45,7 @@ class TrainSettings:
     batch_size: int = 64
     learning_rate: float = 3e-4
     weight_decay: float = 1e-4
-    warmup_steps: int = 200
+    warmup_steps: int = 100
     seed: int = 0
     save_every: int = 500
     eval_every: int = 250
@@ -81,7 +81,7 @@ class DemoSet:
         self.chunk = cfg.chunk_size
         self.stride = image_stride
         self.states, self.actions, self.features, self.tasks = [], [], [], []
-        self.camera_masks = []
+        self.camera_masks, self.periods = [], []
         task_texts: dict[str, int] = {}
         for root in roots:
             data = LeRobotDataset(root)
@@ -102,6 +102,7 @@ class DemoSet:
                 self.features.append(feats[i])
                 self.tasks.append(task_texts.setdefault(data.task(i), len(task_texts)))
                 self.camera_masks.append(camera_mask)
+                self.periods.append(1.0 / data.fps)
         if not self.states:
             raise ValueError(f"no successful episodes in {roots}")
         self.task_texts = list(task_texts)
@@ -154,6 +155,7 @@ class DemoSet:
               rng: np.random.Generator, train: bool) -> dict[str, torch.Tensor]:
         h = self.chunk
         feats, states, targets, progress, tasks, cond, cond_mask = [], [], [], [], [], [], []
+        elapsed = []
         for e, t in rows:
             actions = self.actions[e]
             n = len(actions)
@@ -162,6 +164,7 @@ class DemoSet:
             states.append(self.states[e][t])
             feats.append(self.features[e][min(t // self.stride, len(self.features[e]) - 1)])
             progress.append(t / max(n - 1, 1))
+            elapsed.append(t * self.periods[e])
             tasks.append(self.tasks[e])
             c, m = np.zeros((h, actions.shape[1]), np.float32), np.zeros(h, bool)
             if train and rng.random() < settings.conditioning_prob:
@@ -183,6 +186,7 @@ class DemoSet:
                     state=torch.from_numpy(np.stack(states)),
                     conditioning=torch.from_numpy(np.stack(cond)),
                     conditioning_mask=torch.from_numpy(np.stack(cond_mask)),
+                    elapsed=torch.tensor(elapsed, dtype=torch.float32),
                     actions=torch.from_numpy(np.stack(targets)),
                     progress=torch.tensor(progress, dtype=torch.float32))
 
