@@ -77,6 +77,21 @@ def simulated_stack(embodiment: str, task: str, seed: int,
         procs.stop()
 
 
+def echo_to(echo: TextIO | None) -> Callable[[str], None]:
+    """A progress printer to `echo` (None: silent)."""
+    return (lambda text: print(text, file=echo, flush=True)) if echo else (lambda text: None)
+
+
+def task_instruction(task: str, episodes: int, seed: int) -> str:
+    """The instruction of simulated `task`, after checking the run's arguments (ValueError)."""
+    tasks = load_tasks()["tasks"]
+    if task not in tasks:
+        raise ValueError(f"unknown task {task!r}; known: {', '.join(tasks)}")
+    if episodes < 1 or seed < 0:
+        raise ValueError(f"need episodes >= 1 and seed >= 0, got {episodes} and {seed}")
+    return tasks[task]["instruction"]
+
+
 def default_output(policy: str, task: str) -> Path:
     """bench/results/eval_<policy>_<task>.json (the Markdown report goes beside it)."""
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", policy)
@@ -254,14 +269,9 @@ def run_evaluation(policy: str = "zero_shot", task: str = "pick", episodes: int 
     with its log tail); "error" (a bug: the report is written, then the exception propagates).
     Episode failures never stop the run.
     """
-    say = (lambda text: print(text, file=echo, flush=True)) if echo else (lambda text: None)
-    tasks = load_tasks()["tasks"]
-    if task not in tasks:
-        raise ValueError(f"unknown task {task!r}; known: {', '.join(tasks)}")
-    if episodes < 1 or seed < 0:
-        raise ValueError(f"need episodes >= 1 and seed >= 0, got {episodes} and {seed}")
+    say = echo_to(echo)
+    instruction = task_instruction(task, episodes, seed)
     embodiment = embodiment or load_stack().embodiment
-    instruction = tasks[task]["instruction"]
     registered, stack_overrides = with_backbone_policy(overrides, policy)   # ConfigError if unknown
 
     started_at = datetime.now(timezone.utc)

@@ -113,6 +113,15 @@ class Policy(abc.ABC):
                                        f"{getattr(image, 'shape', '')}")
         return PolicyObservation(obs.stamp, q, obs.images, obs.instruction)
 
+    def check_inputs(self, observation: PolicyObservation, conditioning, running: bool
+                     ) -> tuple[PolicyObservation, np.ndarray | None]:
+        """check_observation + check_conditioning for `infer`, which needs a running episode."""
+        obs = self.check_observation(observation)
+        checked = self.check_conditioning(conditioning)
+        if not running:
+            raise PolicyError("no episode is running: reset the policy with an instruction first")
+        return obs, checked
+
     def check_conditioning(self, conditioning) -> np.ndarray | None:
         """None, or a finite (K, D) array."""
         if conditioning is None:

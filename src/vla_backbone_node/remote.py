@@ -298,10 +298,7 @@ class RemotePolicy(Policy):
 
     def infer(self, observation: PolicyObservation,
               conditioning: np.ndarray | None = None) -> np.ndarray:
-        obs = self.check_observation(observation)
-        conditioning = self.check_conditioning(conditioning)
-        if not self._instruction:
-            raise PolicyError("no episode is running: reset the policy with an instruction first")
+        obs, conditioning = self.check_inputs(observation, conditioning, bool(self._instruction))
         start = time.perf_counter()
         reply = self._call(observation_to_request(obs, self._instruction, self._task,
                                                   conditioning), "the inference request")

@@ -217,10 +217,8 @@ class ZeroShotPolicy(Policy):
 
     def infer(self, observation: PolicyObservation,
               conditioning: np.ndarray | None = None) -> np.ndarray:
-        obs = self.check_observation(observation)
-        self.check_conditioning(conditioning)   # an open-loop plan does not need it
-        if self._keyposes is None:
-            raise PolicyError("no episode is running: reset the policy with an instruction first")
+        # An open-loop plan does not need the conditioning; it is only checked.
+        obs, _ = self.check_inputs(observation, conditioning, self._keyposes is not None)
         if self._plan is None:
             self._t0 = obs.stamp
             try:

@@ -31,9 +31,9 @@ from trajectory_msgs.msg import JointTrajectory
 
 from bimanual_core.bringup import with_backbone_policy
 from bimanual_core.client import StackClient
-from bimanual_core.config import Embodiment, load_embodiment, load_stack, load_tasks, repo_root
+from bimanual_core.config import Embodiment, load_embodiment, load_stack, repo_root
 from bimanual_core.eval_runner import (SERVICE_TIMEOUT_S, SIM_NODE, EpisodeRunner, StackFailure,
-                                       ros_domain, simulated_stack)
+                                       echo_to, ros_domain, simulated_stack, task_instruction)
 from bimanual_core.ros_conversions import SENSOR_QOS, ImageEncodingError, image_to_numpy
 from vla_data.expert import DEMO_SEED_BASE
 from vla_data.frames import FrameBuffer
@@ -195,12 +195,8 @@ def record(out: str | os.PathLike, task: str = "pick", episodes: int = 1,
     `frames_total`, `failures` [(seed, reason)], `seconds`. DatasetError before anything starts
     when `out` already holds a dataset and not `resume`, or one of another embodiment.
     """
-    say = (lambda text: print(text, file=echo, flush=True)) if echo else (lambda text: None)
-    tasks = load_tasks()["tasks"]
-    if task not in tasks:
-        raise ValueError(f"unknown task {task!r}; known: {', '.join(tasks)}")
-    if episodes < 1 or seed < 0:
-        raise ValueError(f"need episodes >= 1 and seed >= 0, got {episodes} and {seed}")
+    say = echo_to(echo)
+    instruction = task_instruction(task, episodes, seed)
     if attach and overrides:
         raise ValueError("node overrides apply to a stack this command starts, not to an "
                          "attached one")
@@ -217,7 +213,7 @@ def record(out: str | os.PathLike, task: str = "pick", episodes: int = 1,
     summary: dict[str, Any] = {"status": "complete", "failure": None, "dataset": str(out),
                                "episodes_kept": 0, "failures": []}
     t_start = time.monotonic()
-    say(f"[record] {policy} on {task} ({tasks[task]['instruction']!r}): {len(todo)} episodes "
+    say(f"[record] {policy} on {task} ({instruction!r}): {len(todo)} episodes "
         f"of seeds {seed}-{seed + episodes - 1} into {out}"
         + (f" ({episodes - len(todo)} already tried there)" if len(todo) < episodes else "")
         + (", attached to the running stack" if attach else f", logs in {log_dir}"))

@@ -71,10 +71,7 @@ class LearnedPolicy(Policy):
 
     def infer(self, observation: PolicyObservation,
               conditioning: np.ndarray | None = None) -> np.ndarray:
-        obs = self.check_observation(observation)
-        conditioning = self.check_conditioning(conditioning)
-        if not self._instruction:
-            raise PolicyError("no episode is running: reset the policy with an instruction first")
+        obs, conditioning = self.check_inputs(observation, conditioning, bool(self._instruction))
         frames = {c: obs.images[c] for c in self.model.config.cameras if c in obs.images}
         if not frames:
             raise ObservationError(f"the observation has none of the cameras the model was "
