@@ -74,6 +74,31 @@ def fake_observation(embodiment, stamp_s: float, reverse_joints: bool = False):
     return msg
 
 
+def serve_fake_er(node, service: str, objects: dict[str, tuple[float, float, float]],
+                  queries: list | None = None):
+    """An ErQuery service on `node` that knows `objects` (label -> 3D centre of a 4 cm cube):
+    a BOXES query for one of them gets its box, anything else is "not visible". Each request
+    is appended to `queries` as (query_type, query, with_3d)."""
+    from geometry_msgs.msg import Point, Vector3
+    from bimanual_vla.msg import ErBox
+    from bimanual_vla.srv import ErQuery
+
+    def answer(request, response):
+        if queries is not None:
+            queries.append((request.query_type, request.query, request.with_3d))
+        response.success = True
+        centre = objects.get(request.query)
+        if centre is not None and request.query_type == ErQuery.Request.BOXES:
+            x, y, z = centre
+            response.boxes = [ErBox(label=request.query, score=1.0, box_2d=[400., 450., 460., 520.],
+                                    has_position_3d=True, position_3d=Point(x=x, y=y, z=z),
+                                    size_3d=Vector3(x=0.04, y=0.04, z=0.04))]
+        else:
+            response.message = f"{request.query} not visible from cam_high"
+        return response
+    return node.create_service(ErQuery, service, answer)
+
+
 def quat_wxyz_from_matrix(R: np.ndarray) -> np.ndarray:
     """Rotation matrix -> unit quaternion (w, x, y, z)."""
     w = np.sqrt(max(0.0, 1 + R[0, 0] + R[1, 1] + R[2, 2])) / 2

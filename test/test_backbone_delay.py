@@ -8,21 +8,20 @@ from pathlib import Path
 
 import pytest
 
-from perception_testing import fake_observation, node_process, spin_until
+from perception_testing import fake_observation, node_process, serve_fake_er, spin_until
 
 DELAY_S = 0.4
 
 
 @pytest.mark.slow
 def test_injected_delay_holds_back_every_chunk_answer(ros_context, tmp_path):
-    from geometry_msgs.msg import Point, Vector3
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
 
     from bimanual_core.config import load_embodiment, load_stack
     from bimanual_core.ros_conversions import RELIABLE_QOS, time_to_sec
-    from bimanual_vla.msg import ErBox, Observation
-    from bimanual_vla.srv import ErQuery, GetActionChunk, StartEpisode
+    from bimanual_vla.msg import Observation
+    from bimanual_vla.srv import GetActionChunk, StartEpisode
 
     emb = load_embodiment("aloha2")
     names = load_stack().interfaces
@@ -30,13 +29,7 @@ def test_injected_delay_holds_back_every_chunk_answer(ros_context, tmp_path):
     executor = SingleThreadedExecutor(context=ros_context)
     executor.add_node(node)
 
-    def fake_er(request, response):
-        response.success = True
-        response.boxes = [ErBox(label=request.query, score=1.0, box_2d=[0., 0., 10., 10.],
-                                has_position_3d=True, position_3d=Point(x=-0.08, y=0.52, z=0.02),
-                                size_3d=Vector3(x=0.04, y=0.04, z=0.04))]
-        return response
-    node.create_service(ErQuery, names["er_query_service"], fake_er)
+    serve_fake_er(node, names["er_query_service"], {"red cube": (-0.08, 0.52, 0.02)})
     obs_pub = node.create_publisher(Observation, names["observation_topic"], RELIABLE_QOS)
     start = node.create_client(StartEpisode, names["start_episode_service"])
     get_chunk = node.create_client(GetActionChunk, names["get_chunk_service"])

@@ -3,7 +3,7 @@ episodes and action chunks served by the node process."""
 import numpy as np
 import pytest
 
-from perception_testing import fake_observation, node_process, spin_until
+from perception_testing import fake_observation, node_process, serve_fake_er, spin_until
 
 CUBE = (-0.08, 0.52, 0.02)
 
@@ -24,14 +24,13 @@ def test_joint_state_is_reordered_by_name_and_checked():
 
 @pytest.mark.slow
 def test_backbone_serves_chunks_stamped_with_the_observation(ros_context, tmp_path):
-    from geometry_msgs.msg import Point, Vector3
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.node import Node
     from std_srvs.srv import Trigger
 
     from bimanual_core.config import load_embodiment, load_stack
     from bimanual_core.ros_conversions import LATCHED_QOS, RELIABLE_QOS, time_to_sec
-    from bimanual_vla.msg import ActionChunk, ErBox, Observation, PolicyStatus
+    from bimanual_vla.msg import ActionChunk, Observation, PolicyStatus
     from bimanual_vla.srv import ErQuery, GetActionChunk, StartEpisode
 
     emb = load_embodiment("aloha2")
@@ -41,20 +40,7 @@ def test_backbone_serves_chunks_stamped_with_the_observation(ros_context, tmp_pa
     executor.add_node(node)
 
     er_queries = []
-
-    def fake_er(request, response):
-        """Ground truth for the red cube; nothing else is visible."""
-        er_queries.append((request.query_type, request.query, request.with_3d))
-        response.success = True
-        if request.query == "red cube" and request.query_type == ErQuery.Request.BOXES:
-            response.boxes = [ErBox(label="red cube", score=1.0, box_2d=[400., 450., 460., 520.],
-                                    has_position_3d=True, position_3d=Point(x=CUBE[0], y=CUBE[1],
-                                                                            z=CUBE[2]),
-                                    size_3d=Vector3(x=0.04, y=0.04, z=0.04))]
-        else:
-            response.message = f"{request.query} not visible from cam_high"
-        return response
-    node.create_service(ErQuery, names["er_query_service"], fake_er)
+    serve_fake_er(node, names["er_query_service"], {"red cube": CUBE}, er_queries)
     obs_pub = node.create_publisher(Observation, names["observation_topic"], RELIABLE_QOS)
     chunks, statuses = [], []
     node.create_subscription(ActionChunk, names["action_chunk_topic"], chunks.append,
