@@ -344,6 +344,28 @@ def _add_stack_args(p: argparse.ArgumentParser) -> None:
                    help="seconds to wait for the stack to come up")
 
 
+POLICY_HELP = ("backbone: zero_shot, learned, remote, or a checkpoint (a directory, or a name in "
+               "models/ such as default)")
+
+
+def _add_episode_args(p: argparse.ArgumentParser, seed: int, log_name: str) -> None:
+    """The arguments of the commands that run seeded episodes on a simulated stack."""
+    p.add_argument("--policy", default="zero_shot", help=POLICY_HELP)
+    p.add_argument("--task", default="pick", help="config/tasks.yaml task: pick, place, handover")
+    p.add_argument("--episodes", type=_int_at_least(1), default=10)
+    p.add_argument("--seed", type=_int_at_least(0), default=seed,
+                   help=f"episode i uses scene seed SEED + i (default {seed})")
+    p.add_argument("--embodiment", default=None, help="config/<name>.yaml (default from stack.yaml)")
+    p.add_argument("--time-limit", type=float, default=0.0,
+                   help="seconds of sim time per episode (0 = the instruction server's default)")
+    p.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE",
+                   help="override a node parameter of the stack started here, e.g. "
+                        "--set action_decoder.blend=naive")
+    p.add_argument("--log-dir", default=None, help=f"node logs (default runs/{log_name}-<time>)")
+    p.add_argument("--ready-timeout", type=float, default=120.0,
+                   help="seconds to wait for the stack to come up (or to be reachable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bimanual-vla", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -392,9 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="bring up the simulated stack, run one instruction, record it")
     _add_stack_args(demo)
-    demo.add_argument("--policy", default="zero_shot",
-                      help="backbone: zero_shot, learned, remote, or a checkpoint (a directory, "
-                           "or a name in models/ such as default)")
+    demo.add_argument("--policy", default="zero_shot", help=POLICY_HELP)
     demo.add_argument("--instruction", default=None,
                       help="default: the task's instruction from config/tasks.yaml")
     demo.add_argument("--time-limit", type=float, default=120.0)
@@ -404,49 +424,22 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     ev = sub.add_parser("evaluate", help="closed-loop success rate of a policy on a simulated task")
-    ev.add_argument("--policy", default="zero_shot", help="backbone policy sent with every goal")
-    ev.add_argument("--task", default="pick", help="config/tasks.yaml task: pick, place, handover")
-    ev.add_argument("--episodes", type=_int_at_least(1), default=10)
-    ev.add_argument("--seed", type=_int_at_least(0), default=0,
-                    help="episode i uses scene seed SEED + i")
-    ev.add_argument("--embodiment", default=None,
-                    help="config/<name>.yaml (default from stack.yaml)")
-    ev.add_argument("--time-limit", type=float, default=0.0,
-                    help="seconds of sim time per episode (0 = the instruction server's default)")
-    ev.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE",
-                    help="override a node parameter, e.g. --set action_decoder.blend=naive")
+    _add_episode_args(ev, seed=0, log_name="eval")
     ev.add_argument("--out", default=None,
                     help="JSON path, .md beside it (default bench/results/eval_<policy>_<task>.json)")
-    ev.add_argument("--log-dir", default=None, help="node logs (default runs/eval-<time>)")
-    ev.add_argument("--ready-timeout", type=float, default=120.0,
-                    help="seconds to wait for the stack to come up")
     ev.set_defaults(func=cmd_evaluate)
 
-    from vla_data.expert import DEMO_SEED_BASE
+    from vla_data.collection import DEMO_SEED_BASE
     rec = sub.add_parser("record", help="record demonstrations from the stack as a LeRobotDataset")
+    _add_episode_args(rec, seed=DEMO_SEED_BASE, log_name="record")
     rec.add_argument("--out", required=True, help="dataset directory (LeRobotDataset v3)")
-    rec.add_argument("--task", default="pick", help="config/tasks.yaml task: pick, place, handover")
-    rec.add_argument("--episodes", type=_int_at_least(1), default=10)
-    rec.add_argument("--seed", type=_int_at_least(0), default=DEMO_SEED_BASE,
-                     help="episode i uses scene seed SEED + i (default: apart from evaluation's)")
-    rec.add_argument("--policy", default="zero_shot",
-                     help="backbone: zero_shot, learned, remote, or a checkpoint (a directory, "
-                          "or a name in models/); attached: that of the running backbone")
-    rec.add_argument("--embodiment", default=None,
-                     help="config/<name>.yaml (default from stack.yaml)")
     rec.add_argument("--resume", action="store_true",
                      help="append to the dataset in --out, skipping seeds already tried there")
     rec.add_argument("--keep-failures", action="store_true",
                      help="also write failed episodes (success false)")
     rec.add_argument("--attach", action="store_true",
-                     help="record from the stack already running (`bimanual-vla up --task ...`)")
-    rec.add_argument("--time-limit", type=float, default=0.0,
-                     help="seconds of sim time per episode (0 = the instruction server's default)")
-    rec.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE",
-                     help="override a node parameter of the stack started here")
-    rec.add_argument("--log-dir", default=None, help="node logs (default runs/record-<time>)")
-    rec.add_argument("--ready-timeout", type=float, default=120.0,
-                     help="seconds to wait for the stack to come up (or to be reachable)")
+                     help="record from the stack already running (`bimanual-vla up --task ...`), "
+                          "with the policy of its backbone")
     rec.set_defaults(func=cmd_record)
 
     srv = sub.add_parser("serve", help="serve a backbone policy over the openpi websocket protocol")
