@@ -20,10 +20,10 @@ from bimanual_core.client import StackClient
 from bimanual_core.config import load_embodiment, load_tasks
 from bimanual_core.eval_runner import StackFailure
 from bimanual_core.ros_conversions import RELIABLE_QOS, SENSOR_QOS, numpy_to_image
-from vla_data.expert import DEMO_SEED_BASE
+from vla_data.collection import DEMO_SEED_BASE, image_size
 from vla_data.frames import JOINT_STATE, FrameBuffer
 from vla_data.lerobot import DatasetError, LeRobotDataset
-from vla_data.recorder import StackRecorder, image_size
+from vla_data.recorder import StackRecorder
 
 EMB = load_embodiment("aloha2")
 NAMES = EMB.joint_names

@@ -7,8 +7,7 @@ configured rate, exactly the observations the ROS stack would publish. Frames ar
 control rate: the measured joints before each step, the command sent in that step, and each
 camera's latest image. The simulator judges success with the same rule as the instruction server.
 
-Training scenes use seeds from `DEMO_SEED_BASE` on, so they never overlap the evaluation's
-seeds (0, 1, 2, ... by default).
+Scenes come from `vla_data.collection.DEMO_SEED_BASE` on, apart from the evaluation's seeds.
 """
 from __future__ import annotations
 
@@ -23,7 +22,8 @@ from typing import Callable
 
 import numpy as np
 
-DEMO_SEED_BASE = 100_000
+from vla_data.collection import DEMO_SEED_BASE, SeedLog, embodiment_writer
+
 SETTLE_S = 0.5            # sim time recorded after the plan ends, so the final state is seen
 
 
@@ -134,20 +134,12 @@ def generate(out: str | Path, settings: ExpertSettings, episodes: int, seed: int
     """Write `episodes` expert demonstrations (seeds `seed`, `seed + 1`, ...) to a LeRobot v3
     dataset at `out`; with `resume`, append and skip seeds already recorded there."""
     from bimanual_core.config import load_embodiment
-    from vla_data.lerobot import LeRobotWriter
 
     os.environ.setdefault("MUJOCO_GL", "egl")
-    embodiment = load_embodiment(settings.embodiment)
-    cameras = settings.cameras or tuple(embodiment.cameras)
-    sim_cfg = embodiment.simulation
-    writer = LeRobotWriter(out, embodiment.control_rate_hz, embodiment.joint_names, cameras,
-                           (int(sim_cfg.get("image_height", 240)),
-                            int(sim_cfg.get("image_width", 320))),
-                           robot_type=embodiment.name, resume=resume)
-    seeds_path = Path(out) / "meta" / "expert_seeds.txt"
-    done_seeds = ({int(s) for s in seeds_path.read_text().split()} if resume and
-                  seeds_path.exists() else set())
-    todo = [s for s in range(seed, seed + episodes) if s not in done_seeds]
+    writer = embodiment_writer(out, load_embodiment(settings.embodiment), resume,
+                               settings.cameras)
+    seeds = SeedLog(out, "meta/expert_seeds.txt", resume)
+    todo = seeds.todo(seed, episodes)
     t0, kept, failed = time.monotonic(), 0, []
     ctx = get_context("spawn")          # a fresh interpreter per worker: its own EGL context
     with ProcessPoolExecutor(max(1, workers), mp_context=ctx, initializer=_worker_init,
@@ -158,8 +150,7 @@ def generate(out: str | Path, settings: ExpertSettings, episodes: int, seed: int
                 kept += 1
             if not episode.success:
                 failed.append((s, reason))
-            with seeds_path.open("a") as f:
-                f.write(f"{s}\n")
+            seeds.add(s)
             rate = n / (time.monotonic() - t0)
             say(f"[record] {n}/{len(todo)} seed {s}: {'ok' if episode.success else 'FAILED'} "
                 f"({len(episode)} steps) | kept {kept}, {rate * 60:.1f} episodes/min, "

@@ -35,24 +35,17 @@ from bimanual_core.config import Embodiment, load_embodiment, load_stack, repo_r
 from bimanual_core.eval_runner import (SERVICE_TIMEOUT_S, SIM_NODE, EpisodeRunner, StackFailure,
                                        echo_to, ros_domain, simulated_stack, task_instruction)
 from bimanual_core.ros_conversions import SENSOR_QOS, ImageEncodingError, image_to_numpy
-from vla_data.expert import DEMO_SEED_BASE
+from vla_data.collection import DEMO_SEED_BASE, SeedLog, embodiment_writer, image_size
 from vla_data.frames import FrameBuffer
-from vla_data.lerobot import LeRobotWriter
 
 CAMERA_TIMEOUT_S = 10.0        # every camera must have sent an image this soon (wall clock)
 CLOCK_STALL_S = 10.0           # an attached stack without /clock this long is gone
 DRAIN_TIMEOUT_S = 1.0          # after the result, for messages sent before it to arrive
-SEEDS_FILE = "meta/recorded_seeds.txt"   # every seed tried, so --resume skips them
+SEEDS_FILE = "meta/recorded_seeds.txt"
 WARN_THROTTLE_S = 5.0
 # Commands and joint states: reliable, with room for a burst while the client is busy.
 STREAM_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
                         history=HistoryPolicy.KEEP_LAST)
-
-
-def image_size(embodiment: Embodiment) -> tuple[int, int]:
-    """(height, width) of the simulated cameras' images."""
-    sim = embodiment.simulation
-    return int(sim.get("image_height", 240)), int(sim.get("image_width", 320))
 
 
 class StackRecorder(AbstractContextManager):
@@ -203,12 +196,9 @@ def record(out: str | os.PathLike, task: str = "pick", episodes: int = 1,
     embodiment = embodiment or load_stack().embodiment
     emb = load_embodiment(embodiment)
     registered, stack_overrides = with_backbone_policy(overrides, policy)   # ConfigError if unknown
-    writer = LeRobotWriter(out, emb.control_rate_hz, emb.joint_names, list(emb.cameras),
-                           image_size(emb), robot_type=emb.name, resume=resume)
-    seeds_path = Path(out) / SEEDS_FILE
-    tried = ({int(s) for s in seeds_path.read_text().split()}
-             if resume and seeds_path.exists() else set())
-    todo = [s for s in range(seed, seed + episodes) if s not in tried]
+    writer = embodiment_writer(out, emb, resume)
+    seeds = SeedLog(out, SEEDS_FILE, resume)
+    todo = seeds.todo(seed, episodes)
     log_dir = Path(log_dir or repo_root() / "runs" / f"record-{datetime.now():%Y%m%d-%H%M%S}")
     summary: dict[str, Any] = {"status": "complete", "failure": None, "dataset": str(out),
                                "episodes_kept": 0, "failures": []}
@@ -240,8 +230,7 @@ def record(out: str | os.PathLike, task: str = "pick", episodes: int = 1,
                         summary["episodes_kept"] += 1
                     if not result.success:
                         summary["failures"].append((s, result.reason))
-                    with seeds_path.open("a") as f:
-                        f.write(f"{s}\n")
+                    seeds.add(s)
                     per_episode = (time.monotonic() - t_episodes) / n
                     sim_s = f"{result.sim_duration_s:.1f}" if result.sim_duration_s else "?"
                     say(f"[record] {n}/{len(todo)} seed {s}: "
