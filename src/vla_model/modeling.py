@@ -13,10 +13,12 @@ agree. Normalisation statistics live in the checkpoint as buffers.
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -179,13 +181,10 @@ class BimanualVLAModel(PreTrainedModel):
             vision_config = AutoConfig.from_pretrained(config.vision_encoder).to_dict()
             config.vision_config = vision_config
             preprocessor = Path(config.vision_encoder) / "preprocessor_config.json"
-            if preprocessor.exists():
-                import json
+            if preprocessor.exists():       # one scalar per statistic: the channel mean
                 pre = json.loads(preprocessor.read_text())
-                config.image_mean = float(sum(pre.get("image_mean", [0.5])) /
-                                          len(pre.get("image_mean", [0.5])))
-                config.image_std = float(sum(pre.get("image_std", [0.5])) /
-                                         len(pre.get("image_std", [0.5])))
+                config.image_mean = float(np.mean(pre.get("image_mean", 0.5)))
+                config.image_std = float(np.mean(pre.get("image_std", 0.5)))
         model = cls(config)
         model.vision.load_pretrained(config)
         return model

@@ -17,8 +17,7 @@ from bimanual_core.config import Embodiment
 from vla_backbone_node.policy import (ObservationError, Policy, PolicyError, PolicyObservation,
                                       PolicyState)
 from vla_model.modeling import BimanualVLAModel
-from vla_model.processing import VLAProcessor
-from vla_model.training import pick_device
+from vla_model.processing import VLAProcessor, pick_device
 
 DONE_PROGRESS = 0.95      # predicted progress at which the episode counts as finished
 

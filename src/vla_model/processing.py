@@ -17,6 +17,13 @@ import torch
 from vla_model.configuration import MINILM, BimanualVLAConfig
 
 
+def pick_device(name: str) -> torch.device:
+    """"auto": CUDA when present, else the CPU; otherwise the named device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def text_encoder_path(name: str) -> str:
     """The directory (or hub id) of a text encoder named in a config."""
     if name == MINILM:

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from vla_data.lerobot import LeRobotDataset
 from vla_model.configuration import BimanualVLAConfig
 from vla_model.modeling import BimanualVLAModel
-from vla_model.processing import TextEncoder
+from vla_model.processing import TextEncoder, pick_device
 
 TRAINER_STATE = "trainer_state.pt"
 
@@ -58,12 +58,6 @@ class TrainSettings:
     init_from: str | None = None       # a checkpoint to fine-tune (finetune), else from encoders
     resume: bool = False
     model: dict = field(default_factory=dict)   # BimanualVLAConfig overrides for a new model
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def seed_everything(seed: int) -> None:
