@@ -80,6 +80,68 @@ def test_bad_episodes_are_refused(tmp_path):
         LeRobotDataset(tmp_path / "nothing")
 
 
+def test_environment_state_round_trip_and_checks(tmp_path):
+    """observation.environment_state: declared, stored per frame, required once declared."""
+    root = tmp_path / "ds"
+    w = LeRobotWriter(root, 50.0, JOINTS, CAMERAS, SIZE, "test_robot",
+                      environment_names=["target.x", "target.y", "target.z"])
+    episode = make_episode(6)
+    episode.environment_state = None
+    with pytest.raises(DatasetError, match="environment state"):
+        w.add_episode(episode)
+    target = np.linspace(0, 1, 18).reshape(6, 3)
+    w.add_episode(Episode("t", episode.states, episode.actions, episode.images, True,
+                          environment_state=target))
+    data = LeRobotDataset(root)
+    assert data.environment_names == ["target.x", "target.y", "target.z"]
+    np.testing.assert_allclose(data.episode_table(0)["observation.environment_state"], target,
+                               atol=1e-6)
+    assert json.loads((root / "meta/stats.json").read_text())[
+        "observation.environment_state"]["count"] == [6]
+    assert LeRobotDataset(root).environment_names and not writer(tmp_path / "plain").features(
+        ).get("observation.environment_state")
+    with pytest.raises(DatasetError, match="environment"):
+        writer(root, resume=True)                   # appending without the declared state
+    with pytest.raises(DatasetError, match="environment_state"):
+        Episode("t", np.zeros((3, 3)), np.zeros((3, 3)), {},
+                environment_state=np.full((3, 3), np.inf))
+
+
+@pytest.mark.slow
+def test_pointing_views_place_the_arms_and_label_the_target(tmp_path):
+    """record-views: one scene per episode, the arms at the poses of a dataset, the target
+    object's true position per frame, never a successful demonstration."""
+    from aloha_driver.sim import AlohaSim
+    from bimanual_core.config import load_embodiment
+    from vla_data.expert import ViewSettings, generate_views
+
+    emb = load_embodiment("aloha2")
+    poses = tmp_path / "poses"
+    w = LeRobotWriter(poses, 50.0, emb.joint_names, ["cam_high"], (240, 320), "aloha2")
+    reach = emb.home.copy()
+    reach[1] += 0.5                                   # left shoulder forward
+    w.add_episode(Episode("t", [reach] * 2, [reach] * 2,
+                          {"cam_high": [np.zeros((240, 320, 3), np.uint8)] * 2}, True))
+    settings = ViewSettings(cameras=("cam_high",), views_per_scene=3, poses_from=str(poses))
+    summary = generate_views(tmp_path / "views", settings, scenes=2, seed=200_000)
+    assert summary["episodes_kept"] == 2
+    data = LeRobotDataset(tmp_path / "views")
+    with AlohaSim(emb, "pick") as sim:
+        for i, seed in enumerate((200_000, 200_001)):
+            sim.reset(seed)
+            table = data.episode_table(i)
+            assert not data.success(i) and len(table["observation.state"]) == 3
+            np.testing.assert_allclose(table["observation.environment_state"],
+                                       np.tile(sim.target_position(), (3, 1)), atol=1e-5)
+            np.testing.assert_allclose(table["observation.state"][0], emb.home, atol=1e-5)
+            np.testing.assert_allclose(table["observation.state"][1], reach, atol=1e-5)
+            frames = data.frames(i, "cam_high").astype(int)
+            assert np.abs(frames[0] - frames[1]).mean() > 1.0       # the arm moved into view
+    first = LeRobotDataset(tmp_path / "views").episode_table(0)["observation.environment_state"]
+    second = LeRobotDataset(tmp_path / "views").episode_table(1)["observation.environment_state"]
+    assert np.linalg.norm(first[0] - second[0]) > 0.01             # a new layout per scene
+
+
 @pytest.mark.slow
 def test_scripted_expert_records_a_successful_pick(tmp_path):
     """The zero-shot expert in MuJoCo picks the cube; the episode reads back as recorded."""
@@ -97,3 +159,5 @@ def test_scripted_expert_records_a_successful_pick(tmp_path):
     frames = data.frames(0, "cam_high")
     assert frames.shape == (len(states), 240, 320, 3)
     assert np.abs(frames[0].astype(int) - frames[-1].astype(int)).mean() > 1.0   # scene changed
+    target = table["observation.environment_state"]               # the cube, tracked
+    assert target[-1, 2] - target[0, 2] > 0.05

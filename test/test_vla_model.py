@@ -181,6 +181,56 @@ def test_training_lowers_the_loss_checkpoints_and_resumes(tmp_path):
     assert bright_minus_dark(tuned.eval()) > 0.2
 
 
+def write_views(root, scenes=6, views=3):
+    """Pointing views whose target lies left on dark scenes and right on bright ones."""
+    writer = LeRobotWriter(root, 50.0, EMB.joint_names, CAMS, (48, 64), "aloha2",
+                           environment_names=["target.x", "target.y", "target.z"])
+    for e in range(scenes):
+        bright = e % 2 == 0
+        target = np.tile([0.1 if bright else -0.1, 0.5, 0.02], (views, 1))
+        frames = {c: [np.full((48, 64, 3), 220 if bright else 30, np.uint8)] * views
+                  for c in CAMS}
+        states = np.tile(EMB.home, (views, 1))
+        writer.add_episode(Episode("pick up the red cube", states, states, frames, False,
+                                   environment_state=target))
+    return root
+
+
+def test_pointing_views_co_train_the_point_head_and_leave_actions_alone(tmp_path):
+    from vla_model.training import TrainSettings, train
+    demos, views = write_demos(tmp_path / "demos"), write_views(tmp_path / "views")
+    settings = TrainSettings(datasets=[str(demos)], view_datasets=[str(views)],
+                             output_dir=str(tmp_path / "run"), steps=120, batch_size=8,
+                             view_batch_size=8, learning_rate=3e-3, warmup_steps=5,
+                             save_every=120, eval_every=60, val_fraction=0.0, image_stride=5,
+                             model=dict(TINY))
+    train(settings)
+    model = BimanualVLAModel.from_pretrained(tmp_path / "run").eval()
+    assert model.config.point_head
+    text = TextEncoder("all-minilm-l6-v2", 16)(["pick up the red cube"])
+    points = []
+    for value in (220, 30):
+        x = dict(images=torch.full((1, 2, 48, 64, 3), value, dtype=torch.uint8),
+                 image_mask=torch.ones(1, 2, dtype=torch.bool), text_embeddings=text[0],
+                 text_mask=text[1], state=torch.as_tensor(EMB.home, dtype=torch.float32)[None],
+                 elapsed=torch.tensor([1.0]))
+        points.append(model.predict(**x).point[0])
+    assert points[0][0] - points[1][0] > 0.12          # 0.2 apart in the views
+    assert abs(float(points[0][1]) - 0.5) < 0.05
+
+    # view rows carry no actions: with every row masked, the action loss is 0
+    batch = inputs(model.config, batch=2)
+    out = model(**batch, actions=torch.randn(2, 10, 14), action_mask=torch.zeros(2, dtype=bool),
+                progress=torch.rand(2), point=torch.zeros(2, 3))
+    assert out.action_loss.item() == 0.0 and out.progress_loss.item() == 0.0
+    assert out.point_loss.item() > 0.0
+
+    plain = TrainSettings(datasets=[str(demos)], view_datasets=[str(demos)],
+                          output_dir=str(tmp_path / "bad"), steps=1, model=dict(TINY))
+    with pytest.raises(ValueError, match="environment_state|point head"):
+        train(plain)
+
+
 def test_optimiser_steps_lower_the_loss():
     config = tiny_config()
     model = BimanualVLAModel.from_encoders(config).train()

@@ -121,6 +121,17 @@ class AlohaSim:
                             segmentation_id=obj.segmentation_id))
         return out
 
+    def target_position(self) -> np.ndarray:
+        """World position of the object the task's instruction acts on (its first object)."""
+        return self.object_position(self.scene.objects[0].name)
+
+    def set_joint_positions(self, positions: np.ndarray) -> None:
+        """Place the arms at `positions` (14-D) kinematically, without simulating: for rendering
+        views of a scene with the arms elsewhere. The held command follows."""
+        self.scene.joint_map.action_to_qpos(np.asarray(positions, float), self.data.qpos)
+        self._command[:] = positions
+        mujoco.mj_forward(self.model, self.data)
+
     def object_position(self, name_or_label: str) -> np.ndarray:
         obj = self.scene.object(name_or_label)
         return self.data.qpos[obj.qpos_adr:obj.qpos_adr + 3].copy()

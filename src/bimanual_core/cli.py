@@ -256,16 +256,34 @@ def cmd_serve(args) -> int:
 
 def cmd_record_expert(args) -> int:
     from vla_data.expert import ExpertSettings, generate
-    from vla_data.lerobot import DatasetError
     settings = ExpertSettings(task=args.task, embodiment=args.embodiment or "aloha2",
-                              cameras=tuple(args.cameras.split(",")) if args.cameras else ())
+                              cameras=_camera_list(args))
+    return _run_collection("record-expert", lambda: generate(
+        args.out, settings, args.episodes, args.seed, args.workers,
+        keep_failures=args.keep_failures, resume=args.resume))
+
+
+def cmd_record_views(args) -> int:
+    from vla_data.expert import ViewSettings, generate_views
+    settings = ViewSettings(task=args.task, embodiment=args.embodiment or "aloha2",
+                            cameras=_camera_list(args), views_per_scene=args.views_per_scene,
+                            poses_from=args.poses_from)
+    return _run_collection("record-views", lambda: generate_views(
+        args.out, settings, args.episodes, args.seed, args.workers, resume=args.resume))
+
+
+def _camera_list(args) -> tuple[str, ...]:
+    return tuple(args.cameras.split(",")) if args.cameras else ()
+
+
+def _run_collection(name: str, collect) -> int:
+    from vla_data.lerobot import DatasetError
     try:
-        summary = generate(args.out, settings, args.episodes, args.seed, args.workers,
-                           keep_failures=args.keep_failures, resume=args.resume)
+        summary = collect()
     except DatasetError as exc:
-        print(f"[record-expert] {exc}", file=sys.stderr)
+        print(f"[{name}] {exc}", file=sys.stderr)
         return EXIT_USAGE
-    print(f"[record-expert] kept {summary['episodes_kept']} episodes "
+    print(f"[{name}] kept {summary['episodes_kept']} episodes "
           f"({len(summary['failures'])} failed) in {summary['seconds']:.0f} s; {summary['dataset']} "
           f"holds {summary['episodes_total']} episodes, {summary['frames_total']} frames")
     return EXIT_OK
@@ -284,6 +302,7 @@ def _train_settings(args, **extra):
                          batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
                          save_every=args.save_every, eval_every=args.eval_every,
                          image_stride=args.image_stride, device=args.device, resume=args.resume,
+                         view_datasets=args.views or [], view_batch_size=args.view_batch_size,
                          model=model, **extra)
 
 
@@ -311,6 +330,11 @@ def cmd_finetune(args) -> int:
 def _add_training_args(p: argparse.ArgumentParser, steps: int, lr: float) -> None:
     p.add_argument("--data", action="append", required=True,
                    help="a LeRobotDataset v3 directory (repeat for several)")
+    p.add_argument("--views", action="append",
+                   help="a pointing-view dataset from record-views (repeat for several): "
+                        "co-training on where the instruction's object is")
+    p.add_argument("--view-batch-size", type=_int_at_least(1), default=16,
+                   help="pointing views added to each batch")
     p.add_argument("--out", required=True, help="output directory (checkpoints, log, model)")
     p.add_argument("--steps", type=_int_at_least(1), default=steps)
     p.add_argument("--batch-size", type=_int_at_least(1), default=48)
@@ -366,6 +390,18 @@ def _add_episode_args(p: argparse.ArgumentParser, seed: int, log_name: str) -> N
                    help="seconds to wait for the stack to come up (or to be reachable)")
 
 
+def _add_sim_collection_args(p: argparse.ArgumentParser, count: str, default: int,
+                             seed: int) -> None:
+    p.add_argument("--task", default="pick")
+    p.add_argument(f"--{count}", dest="episodes", type=_int_at_least(1), default=default)
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=seed, help="first scene seed")
+    p.add_argument("--workers", type=_int_at_least(1), default=max(1, (os.cpu_count() or 2) - 1))
+    p.add_argument("--cameras", default="", help="comma-separated (default: all)")
+    p.add_argument("--embodiment", default=None)
+    p.add_argument("--resume", action="store_true", help="append, skipping seeds already tried")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bimanual-vla", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -388,16 +424,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     rex = sub.add_parser("record-expert", help="scripted-expert demonstrations in MuJoCo, "
                          "without ROS (fast, parallel) as a LeRobotDataset v3")
-    rex.add_argument("--task", default="pick")
-    rex.add_argument("--episodes", type=_int_at_least(1), default=100)
-    rex.add_argument("--out", required=True)
-    rex.add_argument("--seed", type=int, default=100_000, help="first scene seed")
-    rex.add_argument("--workers", type=_int_at_least(1), default=max(1, (os.cpu_count() or 2) - 1))
-    rex.add_argument("--cameras", default="", help="comma-separated (default: all)")
-    rex.add_argument("--embodiment", default=None)
-    rex.add_argument("--resume", action="store_true")
+    _add_sim_collection_args(rex, "episodes", 100, 100_000)
     rex.add_argument("--keep-failures", action="store_true")
     rex.set_defaults(func=cmd_record_expert)
+
+    rv = sub.add_parser("record-views", help="pointing views for co-training (many object "
+                        "layouts, arms at demonstrated poses, the target object's position)")
+    _add_sim_collection_args(rv, "scenes", 500, 200_000)
+    rv.add_argument("--views-per-scene", type=_int_at_least(1), default=8)
+    rv.add_argument("--poses-from", default=None,
+                    help="a demonstration dataset whose joint states place the arms "
+                         "(default: home pose only)")
+    rv.set_defaults(func=cmd_record_views)
 
     tr = sub.add_parser("train", help="train a VLA model from scratch on demonstrations")
     _add_training_args(tr, steps=2000, lr=5e-4)

@@ -13,6 +13,7 @@ from bimanual_core.config import Embodiment
 from vla_data.lerobot import LeRobotWriter
 
 DEMO_SEED_BASE = 100_000
+TARGET_STATE_NAMES = ("target.x", "target.y", "target.z")   # observation.environment_state
 
 
 def image_size(embodiment: Embodiment) -> tuple[int, int]:
@@ -22,11 +23,13 @@ def image_size(embodiment: Embodiment) -> tuple[int, int]:
 
 
 def embodiment_writer(out: str | Path, embodiment: Embodiment, resume: bool,
-                      cameras: Sequence[str] = ()) -> LeRobotWriter:
+                      cameras: Sequence[str] = (),
+                      environment_names: Sequence[str] = ()) -> LeRobotWriter:
     """A LeRobot writer at the embodiment's control rate, joints and camera images."""
     return LeRobotWriter(out, embodiment.control_rate_hz, embodiment.joint_names,
                          list(cameras or embodiment.cameras), image_size(embodiment),
-                         robot_type=embodiment.name, resume=resume)
+                         robot_type=embodiment.name, resume=resume,
+                         environment_names=environment_names)
 
 
 class SeedLog:

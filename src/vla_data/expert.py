@@ -5,9 +5,20 @@ config/tasks.yaml), plans with the zero-shot ER policy on ground-truth object bo
 `sim` backend reports), executes the plan at the control rate and renders the cameras at their
 configured rate, exactly the observations the ROS stack would publish. Frames are recorded at the
 control rate: the measured joints before each step, the command sent in that step, and each
-camera's latest image. The simulator judges success with the same rule as the instruction server.
+camera's latest image, plus the position of the object the instruction acts on
+(`observation.environment_state`, which training uses to teach the model where it is). The
+simulator judges success with the same rule as the instruction server.
 
 Scenes come from `vla_data.collection.DEMO_SEED_BASE` on, apart from the evaluation's seeds.
+
+`generate_views` writes the other half of co-training data: pointing views. Gemini Robotics trains
+its VLA on embodied-reasoning data besides actions; here that is "where is the object the
+instruction names", learned from many more object layouts than demonstrations can show. A
+demonstration shows one layout in hundreds of frames; a view set shows thousands of layouts in a
+few frames each (measured on frozen EfficientNet features: a probe localises the cube to 2.3 cm
+from 100 layouts, 1.3 cm from 1300). Each view episode is one scene (seeds from VIEW_SEED_BASE)
+whose arms stand, frame by frame, at joint states drawn from demonstrations; it is marked as not a
+successful demonstration, so training never learns actions from it.
 """
 from __future__ import annotations
 
@@ -22,9 +33,10 @@ from typing import Callable
 
 import numpy as np
 
-from vla_data.collection import DEMO_SEED_BASE, SeedLog, embodiment_writer
+from vla_data.collection import DEMO_SEED_BASE, TARGET_STATE_NAMES, SeedLog, embodiment_writer
 
 SETTLE_S = 0.5            # sim time recorded after the plan ends, so the final state is seen
+VIEW_SEED_BASE = 200_000  # pointing-view scenes: apart from demonstrations and evaluation
 
 
 @dataclass(frozen=True)
@@ -36,19 +48,73 @@ class ExpertSettings:
     time_limit_s: float = 20.0        # sim seconds before an episode is cut off as failed
 
 
-class _Expert:
-    """One simulator and planner, reused across the episodes of one worker process."""
+@dataclass(frozen=True)
+class ViewSettings:
+    task: str = "pick"
+    embodiment: str = "aloha2"
+    cameras: tuple[str, ...] = ()     # empty: all of the embodiment's cameras
+    views_per_scene: int = 8          # frames per scene; the first has the arms at home
+    poses_from: str | None = None     # a dataset whose observation.state gives the arm poses
 
-    def __init__(self, settings: ExpertSettings):
+
+class _Collector:
+    """One simulator, reused across the episodes of one worker process."""
+
+    def __init__(self, settings):
         from aloha_driver.sim import AlohaSim
         from bimanual_core.config import load_embodiment
-        from instruction_server.success import load_success_criteria
-        from vla_backbone_node.zero_shot import ObjectLocation, ZeroShotPolicy
 
         self.settings = settings
         self.embodiment = load_embodiment(settings.embodiment)
         self.sim = AlohaSim(self.embodiment, settings.task, seed=DEMO_SEED_BASE)
         self.cameras = settings.cameras or tuple(self.embodiment.cameras)
+
+    def render(self) -> dict[str, np.ndarray]:
+        return {c: self.sim.render(c, depth=False, segmentation=False)["rgb"]
+                for c in self.cameras}
+
+    def close(self) -> None:
+        self.sim.close()
+
+
+class _Viewer(_Collector):
+    """Pointing views: a scene, arms at demonstrated poses, the target object's position."""
+
+    def __init__(self, settings: ViewSettings):
+        super().__init__(settings)
+        poses = [self.embodiment.home]
+        if settings.poses_from:
+            from vla_data.lerobot import LeRobotDataset
+            data = LeRobotDataset(settings.poses_from)
+            poses = [data.episode_table(i)["observation.state"] for i in range(len(data))]
+        self.poses = np.concatenate([np.atleast_2d(p) for p in poses])
+
+    def run(self, seed: int):
+        from vla_data.lerobot import Episode
+
+        sim = self.sim
+        sim.reset(seed)
+        rng = np.random.default_rng(seed)
+        states, targets, images = [], [], {c: [] for c in self.cameras}
+        for k in range(self.settings.views_per_scene):
+            q = self.embodiment.home if k == 0 else self.poses[rng.integers(len(self.poses))]
+            sim.set_joint_positions(q)
+            states.append(sim.joint_positions())
+            targets.append(sim.target_position())
+            for c, frame in self.render().items():
+                images[c].append(frame)
+        return Episode(task=sim.instruction, states=states, actions=states, images=images,
+                       success=False, environment_state=np.array(targets)), None
+
+
+class _Expert(_Collector):
+    """The zero-shot planner on ground-truth objects, executing in the simulator."""
+
+    def __init__(self, settings: ExpertSettings):
+        from instruction_server.success import load_success_criteria
+        from vla_backbone_node.zero_shot import ObjectLocation, ZeroShotPolicy
+
+        super().__init__(settings)
         self.criteria = load_success_criteria()
         rate = float(self.embodiment.simulation.get("camera_rate_hz", 10.0))
         self.camera_every = max(1, int(round(self.embodiment.control_rate_hz / rate)))
@@ -66,7 +132,7 @@ class _Expert:
                 for o in self.sim.objects()}
 
     def run(self, seed: int):
-        """One episode on scene `seed` -> (Episode, verdict reason)."""
+        """One episode on scene `seed` -> (Episode, why it failed or None)."""
         from bimanual_core.instructions import parse_instruction
         from instruction_server.success import judge
         from vla_backbone_node.policy import PolicyObservation
@@ -81,13 +147,12 @@ class _Expert:
         replan = max(1, int(round(self.settings.replan_s / dt)))
         max_steps = int(self.settings.time_limit_s / dt)
         settle_steps = int(round(SETTLE_S / dt))
-        states, actions, images = [], [], {c: [] for c in self.cameras}
+        states, actions, targets, images = [], [], [], {c: [] for c in self.cameras}
         latest: dict[str, np.ndarray] = {}
         chunk, done_at = None, None
         for step in range(max_steps):
             if step % self.camera_every == 0:
-                latest = {c: sim.render(c, depth=False, segmentation=False)["rgb"]
-                          for c in self.cameras}
+                latest = self.render()
             q = sim.joint_positions()
             if step % replan == 0 and done_at is None:
                 chunk = policy.infer(PolicyObservation(sim.time, q, instruction=instruction))
@@ -98,6 +163,7 @@ class _Expert:
             offset += 1
             states.append(q)
             actions.append(row)
+            targets.append(sim.target_position())
             for c in self.cameras:
                 images[c].append(latest[c])      # the same array object: no copy per frame
             sim.step(row)
@@ -107,20 +173,18 @@ class _Expert:
                         self.criteria)
         policy.stop()
         episode = Episode(task=instruction, states=np.array(states), actions=np.array(actions),
-                          images=images, success=verdict.success)
-        return episode, verdict.reason
-
-    def close(self) -> None:
-        self.sim.close()
+                          images=images, success=verdict.success,
+                          environment_state=np.array(targets))
+        return episode, None if verdict.success else verdict.reason
 
 
-_WORKER: _Expert | None = None
+_WORKER: _Collector | None = None
 
 
-def _worker_init(settings: ExpertSettings) -> None:
+def _worker_init(settings: ExpertSettings | ViewSettings) -> None:
     global _WORKER
     os.environ.setdefault("MUJOCO_GL", "egl")
-    _WORKER = _Expert(settings)
+    _WORKER = _Viewer(settings) if isinstance(settings, ViewSettings) else _Expert(settings)
 
 
 def _worker_run(seed: int):
@@ -133,27 +197,42 @@ def generate(out: str | Path, settings: ExpertSettings, episodes: int, seed: int
              ) -> dict:
     """Write `episodes` expert demonstrations (seeds `seed`, `seed + 1`, ...) to a LeRobot v3
     dataset at `out`; with `resume`, append and skip seeds already recorded there."""
+    return _collect(out, settings, "meta/expert_seeds.txt", episodes, seed, workers,
+                    keep_failures, resume, say)
+
+
+def generate_views(out: str | Path, settings: ViewSettings, scenes: int,
+                   seed: int = VIEW_SEED_BASE, workers: int = 1, resume: bool = False,
+                   say: Callable[[str], None] = lambda line: print(line, file=sys.stderr,
+                                                                   flush=True)) -> dict:
+    """Write `scenes` pointing-view episodes (seeds `seed`, ...) to a LeRobot v3 dataset."""
+    return _collect(out, settings, "meta/view_seeds.txt", scenes, seed, workers, False, resume,
+                    say)
+
+
+def _collect(out, settings, seed_log: str, episodes: int, seed: int, workers: int,
+             keep_failures: bool, resume: bool, say: Callable[[str], None]) -> dict:
     from bimanual_core.config import load_embodiment
 
     os.environ.setdefault("MUJOCO_GL", "egl")
     writer = embodiment_writer(out, load_embodiment(settings.embodiment), resume,
-                               settings.cameras)
-    seeds = SeedLog(out, "meta/expert_seeds.txt", resume)
+                               settings.cameras, TARGET_STATE_NAMES)
+    seeds = SeedLog(out, seed_log, resume)
     todo = seeds.todo(seed, episodes)
     t0, kept, failed = time.monotonic(), 0, []
     ctx = get_context("spawn")          # a fresh interpreter per worker: its own EGL context
     with ProcessPoolExecutor(max(1, workers), mp_context=ctx, initializer=_worker_init,
                              initargs=(settings,)) as pool:
-        for n, (s, episode, reason) in enumerate(pool.map(_worker_run, todo), 1):
-            if episode.success or keep_failures:
+        for n, (s, episode, failure) in enumerate(pool.map(_worker_run, todo), 1):
+            if failure is None or keep_failures:
                 writer.add_episode(episode)
                 kept += 1
-            if not episode.success:
-                failed.append((s, reason))
+            if failure is not None:
+                failed.append((s, failure))
             seeds.add(s)
             rate = n / (time.monotonic() - t0)
-            say(f"[record] {n}/{len(todo)} seed {s}: {'ok' if episode.success else 'FAILED'} "
-                f"({len(episode)} steps) | kept {kept}, {rate * 60:.1f} episodes/min, "
+            say(f"[record] {n}/{len(todo)} seed {s}: {'FAILED' if failure else 'ok'} "
+                f"({len(episode)} frames) | kept {kept}, {rate * 60:.1f} episodes/min, "
                 f"eta {(len(todo) - n) / rate:.0f} s")
     return {"dataset": str(out), "episodes_kept": kept, "episodes_total": writer.num_episodes,
             "frames_total": writer.num_frames, "failures": failed,

@@ -12,7 +12,9 @@ episode, 1000 files per chunk), and the metadata is rewritten after every episod
 that dies loses at most the episode in flight, and `LeRobotWriter(root, resume=True)` appends to
 an existing dataset. Frames are at the control rate (`fps`); a camera slower than that repeats its
 latest image, which is what the policy saw. Beyond the standard columns, `next.success` marks the
-last frame of a successful episode and the episodes table has a `success` column.
+last frame of a successful episode and the episodes table has a `success` column. Where the
+collector knows the world's state (simulation), `observation.environment_state` holds it per frame
+(LeRobot's key for object state; here the position of the object the instruction acts on).
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ EPISODES_PATH = "meta/episodes/chunk-000/file-000.parquet"
 IMAGE_PREFIX = "observation.images."
 STATE_KEY = "observation.state"
 ACTION_KEY = "action"
+ENV_STATE_KEY = "observation.environment_state"
 VIDEO_CODEC = "libx264"   # readable by every ffmpeg/pyav build (LeRobot's own default is AV1)
 
 
@@ -50,10 +53,18 @@ class Episode:
     actions: np.ndarray                      # (T, D) commanded joint targets
     images: Mapping[str, Sequence[np.ndarray]]
     success: bool = False
+    environment_state: np.ndarray | None = None   # (T, E) world state per frame, when known
 
     def __post_init__(self):
         self.states = np.asarray(self.states, np.float32)
         self.actions = np.asarray(self.actions, np.float32)
+        if self.environment_state is not None:
+            self.environment_state = np.asarray(self.environment_state, np.float32)
+            if (self.environment_state.ndim != 2
+                    or len(self.environment_state) != len(self.states)
+                    or not np.all(np.isfinite(self.environment_state))):
+                raise DatasetError(f"environment_state {self.environment_state.shape} must be a "
+                                   f"finite (T, E) array with T = {len(self.states)}")
         if self.states.ndim != 2 or self.states.shape != self.actions.shape or not len(self.states):
             raise DatasetError(f"states {self.states.shape} and actions {self.actions.shape} must "
                                "be equal, non-empty (T, D) arrays")
@@ -109,10 +120,11 @@ class LeRobotWriter:
 
     def __init__(self, root: str | Path, fps: float, joint_names: Sequence[str],
                  cameras: Sequence[str], image_size: tuple[int, int], robot_type: str,
-                 resume: bool = False):
+                 resume: bool = False, environment_names: Sequence[str] = ()):
         self.root = Path(root)
         self.fps = float(fps)
         self.joint_names = list(joint_names)
+        self.environment_names = list(environment_names)
         self.cameras = list(cameras)
         self.height, self.width = (int(image_size[0]), int(image_size[1]))
         self.robot_type = robot_type
@@ -133,9 +145,11 @@ class LeRobotWriter:
         dataset = LeRobotDataset(self.root)
         info = dataset.info
         if (info["fps"] != self.fps or dataset.cameras != self.cameras
-                or dataset.joint_names != self.joint_names):
-            raise DatasetError(f"cannot append to {self.root}: its fps, cameras or joints differ "
-                               f"(fps {info['fps']}, cameras {dataset.cameras})")
+                or dataset.joint_names != self.joint_names
+                or dataset.environment_names != self.environment_names):
+            raise DatasetError(f"cannot append to {self.root}: its fps, cameras, joints or "
+                               f"environment state differ (fps {info['fps']}, cameras "
+                               f"{dataset.cameras}, environment {dataset.environment_names})")
         self._episodes = dataset.episodes
         self._tasks = dict(dataset.tasks)
         stats_path = self.root / "meta" / "episode_stats.json"
@@ -157,6 +171,9 @@ class LeRobotWriter:
             STATE_KEY: {"dtype": "float32", "shape": [d], "names": self.joint_names},
             ACTION_KEY: {"dtype": "float32", "shape": [d], "names": self.joint_names},
         }
+        if self.environment_names:
+            feats[ENV_STATE_KEY] = {"dtype": "float32", "shape": [len(self.environment_names)],
+                                    "names": self.environment_names}
         for cam in self.cameras:
             feats[IMAGE_PREFIX + cam] = {
                 "dtype": "video", "shape": [self.height, self.width, 3],
@@ -180,6 +197,10 @@ class LeRobotWriter:
         if episode.states.shape[1] != len(self.joint_names):
             raise DatasetError(f"episode has {episode.states.shape[1]} joints, the dataset "
                                f"{len(self.joint_names)}")
+        env = episode.environment_state
+        if self.environment_names and (env is None or env.shape[1] != len(self.environment_names)):
+            raise DatasetError(f"the dataset records environment state {self.environment_names}; "
+                               f"the episode has {None if env is None else env.shape[1]} values")
         index = len(self._episodes)
         loc = _file_location(index)
         task_index = self._tasks.setdefault(episode.task, len(self._tasks))
@@ -199,6 +220,8 @@ class LeRobotWriter:
             "next.done": done,
             "next.success": done & bool(episode.success),
         })
+        if self.environment_names:
+            table = table.append_column(ENV_STATE_KEY, pa.array(list(env), pa.list_(pa.float32())))
         data_path = self.root / DATA_PATH.format(**loc)
         data_path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, data_path)
@@ -209,6 +232,8 @@ class LeRobotWriter:
                "meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0}
         stats = {STATE_KEY: _feature_stats(episode.states),
                  ACTION_KEY: _feature_stats(episode.actions)}
+        if self.environment_names:
+            stats[ENV_STATE_KEY] = _feature_stats(env)
         for cam in self.cameras:
             key = IMAGE_PREFIX + cam
             self._write_video(self.root / VIDEO_PATH.format(video_key=key, **loc),
@@ -289,6 +314,11 @@ class LeRobotDataset:
     def joint_names(self) -> list[str]:
         return list(self.info["features"][STATE_KEY]["names"])
 
+    @property
+    def environment_names(self) -> list[str]:
+        """Names of the per-frame `observation.environment_state` values ([] if not recorded)."""
+        return list(self.info["features"].get(ENV_STATE_KEY, {}).get("names") or [])
+
     def __len__(self) -> int:
         return len(self.episodes)
 
@@ -302,7 +332,8 @@ class LeRobotDataset:
         out = {}
         for key, values in table.items():
             picked = [values[i] for i in rows]
-            out[key] = np.asarray(picked, np.float32 if key in (STATE_KEY, ACTION_KEY) else None)
+            out[key] = np.asarray(picked, np.float32 if key in (STATE_KEY, ACTION_KEY, ENV_STATE_KEY)
+                                  else None)
         return out
 
     def task(self, index: int) -> str:

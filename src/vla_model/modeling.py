@@ -4,7 +4,8 @@
     instruction token embeddings (cached by the processor)            --> text tokens
     joint state, not-yet-executed actions of the previous chunk       --> state / conditioning tokens
     transformer encoder over all tokens (missing cameras masked out)
-    transformer decoder: H action queries (+ 1 progress query) --> (H, D) normalised actions
+    transformer decoder: H action queries (+ 1 progress query, + 1 point query) --> (H, D)
+        normalised actions, progress 0..1, the target object's position (co-training)
 
 The action head is either a one-pass regression (L1, as ACT) or flow matching (as pi0); both share
 the encoder. Conditioning on the previous chunk's remaining actions is what the Gemini Robotics
@@ -103,8 +104,10 @@ class VLAOutput:
     loss: torch.Tensor | None = None
     action_loss: torch.Tensor | None = None
     progress_loss: torch.Tensor | None = None
+    point_loss: torch.Tensor | None = None
     actions: torch.Tensor | None = None      # (B, H, D) absolute targets (regression head)
     progress: torch.Tensor | None = None     # (B,) 0..1 through the task
+    point: torch.Tensor | None = None        # (B, 3) world position of the target object (m)
 
 
 def _layers(config: BimanualVLAConfig, decoder: bool) -> nn.Module:
@@ -146,10 +149,13 @@ class BimanualVLAModel(PreTrainedModel):
             1, -(-config.max_conditioning // config.actions_per_query), d))
         self.encoder = _layers(config, decoder=False)
         self.num_queries = config.chunk_size // config.actions_per_query
-        self.queries = nn.Parameter(torch.zeros(1, self.num_queries + 1, d))   # last: progress
+        extra_queries = 2 if config.point_head else 1             # progress (, point)
+        self.queries = nn.Parameter(torch.zeros(1, self.num_queries + extra_queries, d))
         self.decoder = _layers(config, decoder=True)
         self.action_out = nn.Linear(d, per_query)
         self.progress_out = nn.Linear(d, 1)
+        if config.point_head:
+            self.point_out = nn.Linear(d, 3)
         if config.action_head == "flow":
             self.noisy_action_in = nn.Linear(per_query, d)
             self.time_mlp = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
@@ -158,6 +164,8 @@ class BimanualVLAModel(PreTrainedModel):
             self.register_buffer(name, torch.zeros(dim))
         for name in ("state_std", "action_std"):
             self.register_buffer(name, torch.ones(dim))
+        self.register_buffer("point_mean", torch.zeros(3))
+        self.register_buffer("point_std", torch.ones(3))
         self.post_init()
         if config.freeze_vision:
             self.vision.requires_grad_(False)
@@ -189,10 +197,14 @@ class BimanualVLAModel(PreTrainedModel):
         model.vision.load_pretrained(config)
         return model
 
-    def set_normalization(self, state_mean, state_std, action_mean, action_std) -> None:
+    def set_normalization(self, state_mean, state_std, action_mean, action_std,
+                          point_mean=None, point_std=None) -> None:
         """Per-joint statistics of the training data (std floored so constant joints are safe)."""
-        for name, value in (("state_mean", state_mean), ("state_std", state_std),
-                            ("action_mean", action_mean), ("action_std", action_std)):
+        stats = [("state_mean", state_mean), ("state_std", state_std),
+                 ("action_mean", action_mean), ("action_std", action_std)]
+        if point_mean is not None:
+            stats += [("point_mean", point_mean), ("point_std", point_std)]
+        for name, value in stats:
             value = torch.as_tensor(value, dtype=torch.float32)
             if name.endswith("std"):
                 value = value.clamp_min(1e-2)
@@ -267,38 +279,53 @@ class BimanualVLAModel(PreTrainedModel):
             queries = torch.cat([queries[:, :q] + extra, queries[:, q:]], 1)
         out = self.decoder(queries, memory, memory_key_padding_mask=pad)
         actions = self.action_out(out[:, :q]).reshape(b, self.config.chunk_size, -1)
-        return actions, torch.sigmoid(self.progress_out(out[:, q]))[:, 0]
+        point = self.point_out(out[:, q + 1]) if self.config.point_head else None
+        return actions, torch.sigmoid(self.progress_out(out[:, q]))[:, 0], point
 
     # ------------------------------------------------------------------ training / inference
 
     def forward(self, state, text_embeddings, text_mask, image_mask, images=None,
                 image_features=None, conditioning=None, conditioning_mask=None, elapsed=None,
-                actions=None, progress=None) -> VLAOutput:
-        """With `actions` (B, H, D) and `progress` (B,): the training loss. Without: for the
-        regression head, the predicted chunk (use `predict` for either head)."""
+                actions=None, action_mask=None, progress=None, point=None,
+                point_mask=None) -> VLAOutput:
+        """With `actions` (B, H, D) and `progress` (B,), and/or `point` (B, 3): the training loss
+        (the masks (B,) say which rows have actions / a point). Without: the prediction (for
+        the regression head; use `predict` for either head)."""
         if image_features is None:
             if images is None:
                 raise ValueError("give images or image_features")
             image_features = self.encode_images(images)
         memory, pad = self._memory(image_features, image_mask, text_embeddings, text_mask, state,
                                    conditioning, conditioning_mask, elapsed)
-        if actions is None:
+        if actions is None and point is None:
             return self._predict_from(memory, pad)
-        target = (actions - self.action_mean) / self.action_std
-        if self.config.action_head == "flow":
-            t = torch.rand(target.shape[0], device=target.device)
-            noise = torch.randn_like(target)
-            noisy = (1 - t)[:, None, None] * noise + t[:, None, None] * target
-            velocity, pred_progress = self._decode(memory, pad, noisy, t)
-            action_loss = F.mse_loss(velocity, target - noise)
+        out = VLAOutput(loss=memory.new_zeros(()))
+        if actions is not None:
+            rows = _row_mask(action_mask, actions)
+            target = (actions - self.action_mean) / self.action_std
+            if self.config.action_head == "flow":
+                t = torch.rand(target.shape[0], device=target.device)
+                noise = torch.randn_like(target)
+                noisy = (1 - t)[:, None, None] * noise + t[:, None, None] * target
+                velocity, out.progress, pred_point = self._decode(memory, pad, noisy, t)
+                error = F.mse_loss(velocity, target - noise, reduction="none")
+            else:
+                pred, out.progress, pred_point = self._decode(memory, pad)
+                error = F.l1_loss(pred, target, reduction="none")
+            out.action_loss = _masked_mean(error.mean((1, 2)), rows)
+            out.loss = out.loss + out.action_loss
+            if progress is not None:
+                out.progress_loss = _masked_mean(
+                    F.mse_loss(out.progress, progress.float(), reduction="none"), rows)
+                out.loss = out.loss + out.progress_loss
         else:
-            pred, pred_progress = self._decode(memory, pad)
-            action_loss = F.l1_loss(pred, target)
-        out = VLAOutput(action_loss=action_loss, progress=pred_progress)
-        out.loss = action_loss
-        if progress is not None:
-            out.progress_loss = F.mse_loss(pred_progress, progress.float())
-            out.loss = action_loss + out.progress_loss
+            _, out.progress, pred_point = self._decode(memory, pad)
+        if point is not None and self.config.point_head:
+            error = F.smooth_l1_loss(pred_point, (point - self.point_mean) / self.point_std,
+                                     reduction="none", beta=0.1).mean(-1)
+            out.point_loss = _masked_mean(error, _row_mask(point_mask, point))
+            out.point = pred_point * self.point_std + self.point_mean
+            out.loss = out.loss + out.point_loss
         return out
 
     def _predict_from(self, memory, pad) -> VLAOutput:
@@ -308,16 +335,29 @@ class BimanualVLAModel(PreTrainedModel):
                             dtype=memory.dtype)
             for i in range(steps):
                 t = torch.full((b,), i / steps, device=memory.device)
-                velocity, progress = self._decode(memory, pad, x, t)
+                velocity, progress, point = self._decode(memory, pad, x, t)
                 x = x + velocity / steps
             normalised = x
         else:
-            normalised, progress = self._decode(memory, pad)
-        return VLAOutput(actions=normalised * self.action_std + self.action_mean, progress=progress)
+            normalised, progress, point = self._decode(memory, pad)
+        if point is not None:
+            point = point * self.point_std + self.point_mean
+        return VLAOutput(actions=normalised * self.action_std + self.action_mean, progress=progress,
+                         point=point)
 
     @torch.no_grad()
     def predict(self, **inputs) -> VLAOutput:
         return self.forward(**inputs)
+
+
+def _row_mask(mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    return (torch.ones(like.shape[0], dtype=torch.bool, device=like.device) if mask is None
+            else mask.bool())
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `values` (B,) over the rows of `mask`; 0 (with gradient) when there are none."""
+    return (values * mask).sum() / mask.sum().clamp_min(1)
 
 
 def _grid_coordinates(grid, like: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,9 @@ action transformer: that is what makes training practical on a CPU. Every contro
 successful episode is a sample; it sees the latest camera frame at or before it (as the robot
 does, cameras being slower than control), the joint state, the instruction and, half of the time,
 a noisy copy of the actions a previous chunk would still have pending (the `conditioning` input).
+Where a dataset records `observation.environment_state` (the target object's position), the
+model's point head learns it too; pointing-view datasets (`view_datasets`, from `record-views`)
+add rows that teach only that, from many more object layouts (embodied-reasoning co-training).
 
 Runs are seeded, log to `<output>/train_log.jsonl`, write `checkpoint-<step>/` every
 `save_every` steps (model + optimiser + RNG: `resume=True` continues from the newest) and the
@@ -29,18 +32,21 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from vla_data.lerobot import LeRobotDataset
+from vla_data.lerobot import ENV_STATE_KEY, LeRobotDataset
 from vla_model.configuration import BimanualVLAConfig
 from vla_model.modeling import BimanualVLAModel
 from vla_model.processing import TextEncoder, pick_device
 
 TRAINER_STATE = "trainer_state.pt"
+VIEW_ELAPSED_S = 10.0    # a view has no episode time: it gets a random one, so points ignore it
 
 
 @dataclass
 class TrainSettings:
     datasets: list[str]
     output_dir: str
+    view_datasets: list[str] = field(default_factory=list)   # pointing views (co-training)
+    view_batch_size: int = 16
     steps: int = 3000
     batch_size: int = 64
     learning_rate: float = 3e-4
@@ -67,14 +73,18 @@ def seed_everything(seed: int) -> None:
 
 
 class DemoSet:
-    """All successful episodes of some datasets, as arrays plus cached image features."""
+    """All successful episodes of some datasets (or, for views, all episodes), as arrays plus
+    cached image features."""
 
     def __init__(self, roots: list[str], model: BimanualVLAModel, text: TextEncoder,
-                 image_stride: int, device: torch.device, say: Callable[[str], None]):
+                 image_stride: int, device: torch.device, say: Callable[[str], None],
+                 views: bool = False):
         cfg = model.config
         self.chunk = cfg.chunk_size
         self.stride = image_stride
+        self.views = views
         self.states, self.actions, self.features, self.tasks = [], [], [], []
+        self.points: list[np.ndarray | None] = []
         self.camera_masks, self.periods = [], []
         task_texts: dict[str, int] = {}
         for root in roots:
@@ -88,42 +98,48 @@ class DemoSet:
             feats = self._features(data, model, device, say)
             camera_mask = torch.tensor([c in data.cameras for c in cfg.cameras])
             for i in range(len(data)):
-                if not data.success(i):
+                if not views and not data.success(i):
                     continue
                 table = data.episode_table(i)
                 self.states.append(table["observation.state"])
                 self.actions.append(table["action"])
+                self.points.append(table.get(ENV_STATE_KEY))
                 self.features.append(feats[i])
                 self.tasks.append(task_texts.setdefault(data.task(i), len(task_texts)))
                 self.camera_masks.append(camera_mask)
                 self.periods.append(1.0 / data.fps)
         if not self.states:
-            raise ValueError(f"no successful episodes in {roots}")
+            raise ValueError(f"no {'view' if views else 'successful'} episodes in {roots}")
+        if views and any(p is None for p in self.points):
+            raise ValueError(f"view datasets {roots} must record {ENV_STATE_KEY}")
         self.task_texts = list(task_texts)
         self.text, self.text_mask = text(self.task_texts)
         self.index = np.array([(e, t) for e, s in enumerate(self.states) for t in range(len(s))])
 
     def _features(self, data: LeRobotDataset, model: BimanualVLAModel, device, say):
-        """Per episode (F, N, T, C) float16 features of every `stride`-th frame (cached)."""
+        """Per episode (F, N, T, C) float16 features of every `stride`-th frame, cached; episodes
+        appended to the dataset since are encoded and added to the cache."""
         cfg = model.config
         key = json.dumps([cfg.vision_encoder, cfg.vision_config, cfg.vision_blocks,
                           cfg.vision_grid, cfg.image_size, cfg.cameras, self.stride],
                          sort_keys=True)
         digest = hashlib.sha1(key.encode()).hexdigest()[:12]
-        path = data.root / "cache" / f"features-{digest}-{len(data)}.pt"
-        if path.exists():
-            return torch.load(path, weights_only=True)
-        out = []
+        path = data.root / "cache" / f"features-{digest}.pt"
+        out = torch.load(path, weights_only=True) if path.exists() else []
+        frames_of = [math.ceil(e["length"] / self.stride) for e in data.episodes]
+        valid = next((i for i, f in enumerate(out) if len(f) != frames_of[i]), len(out))
+        out = out[:min(valid, len(data))]           # a re-recorded dataset: encode again
+        if len(out) == len(data):
+            return out
         model.vision.to(device).eval()          # BatchNorm with its ImageNet statistics
-        for i in tqdm(range(len(data)), desc=f"encoding frames of {data.root.name}",
+        for i in tqdm(range(len(out), len(data)), desc=f"encoding frames of {data.root.name}",
                       file=sys.stderr, disable=not _is_main()):
             frames = []
-            length = data.episodes[i]["length"]
             for cam in cfg.cameras:
                 if cam in data.cameras:
                     frames.append(data.frames(i, cam)[::self.stride])
                 else:
-                    frames.append(np.zeros((math.ceil(length / self.stride), 8, 8, 3), np.uint8))
+                    frames.append(np.zeros((frames_of[i], 8, 8, 3), np.uint8))
             images = torch.from_numpy(np.stack(frames, 1))
             with torch.inference_mode():
                 feats = [model.encode_images(images[j:j + 32].to(device)).half().cpu()
@@ -145,11 +161,16 @@ class DemoSet:
         s, a = np.concatenate(self.states), np.concatenate(self.actions)
         return s.mean(0), s.std(0), a.mean(0), a.std(0)
 
+    def known_points(self) -> np.ndarray:
+        """(M, 3) every recorded target position (empty if none)."""
+        known = [p for p in self.points if p is not None]
+        return np.concatenate(known) if known else np.zeros((0, 3), np.float32)
+
     def batch(self, rows: np.ndarray, settings: TrainSettings, action_std: np.ndarray,
               rng: np.random.Generator, train: bool) -> dict[str, torch.Tensor]:
         h = self.chunk
         feats, states, targets, progress, tasks, cond, cond_mask = [], [], [], [], [], [], []
-        elapsed = []
+        elapsed, points, point_mask = [], [], []
         for e, t in rows:
             actions = self.actions[e]
             n = len(actions)
@@ -158,10 +179,13 @@ class DemoSet:
             states.append(self.states[e][t])
             feats.append(self.features[e][min(t // self.stride, len(self.features[e]) - 1)])
             progress.append(t / max(n - 1, 1))
-            elapsed.append(t * self.periods[e])
+            elapsed.append(rng.uniform(0, VIEW_ELAPSED_S) if self.views else t * self.periods[e])
             tasks.append(self.tasks[e])
+            known = self.points[e] is not None
+            points.append(self.points[e][t] if known else np.zeros(3, np.float32))
+            point_mask.append(known)
             c, m = np.zeros((h, actions.shape[1]), np.float32), np.zeros(h, bool)
-            if train and rng.random() < settings.conditioning_prob:
+            if train and not self.views and rng.random() < settings.conditioning_prob:
                 k = int(rng.integers(h // 2, h))          # the previous chunk ran h - k steps
                 c[:k] = actions[idx[:k]] + rng.normal(size=(k, actions.shape[1])) * (
                     settings.conditioning_noise * action_std)
@@ -182,7 +206,10 @@ class DemoSet:
                     conditioning_mask=torch.from_numpy(np.stack(cond_mask)),
                     elapsed=torch.tensor(elapsed, dtype=torch.float32),
                     actions=torch.from_numpy(np.stack(targets)),
-                    progress=torch.tensor(progress, dtype=torch.float32))
+                    action_mask=torch.full((len(rows),), not self.views),
+                    progress=torch.tensor(progress, dtype=torch.float32),
+                    point=torch.from_numpy(np.stack(points).astype(np.float32)),
+                    point_mask=torch.tensor(point_mask))
 
 
 def _is_main() -> bool:
@@ -211,8 +238,14 @@ def build_model(settings: TrainSettings, say) -> BimanualVLAModel:
                      joint_names=embodiment.joint_names, embodiment=embodiment.name,
                      control_rate_hz=embodiment.control_rate_hz,
                      cameras=list(embodiment.cameras))
+    roots = settings.datasets + settings.view_datasets
+    overrides["point_head"] = any(LeRobotDataset(r).environment_names for r in roots)
     overrides.update(settings.model)
     return BimanualVLAModel.from_encoders(BimanualVLAConfig(**overrides))
+
+
+def _concat(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: torch.cat([a[k], b[k]]) for k in a}
 
 
 def train(settings: TrainSettings,
@@ -237,8 +270,18 @@ def train(settings: TrainSettings,
     text = TextEncoder(model.config.text_encoder, model.config.max_text_tokens, device)
     demos = DemoSet(settings.datasets, model, text, settings.image_stride, device, say)
     train_rows, val_rows = demos.split(settings.val_fraction, np.random.default_rng(settings.seed))
+    views = view_train = view_val = None
+    if settings.view_datasets:
+        if not model.config.point_head:
+            raise ValueError("pointing views need a model with a point head (point_head: true)")
+        views = DemoSet(settings.view_datasets, model, text, 1, device, say, views=True)
+        view_train, view_val = views.split(settings.val_fraction,
+                                           np.random.default_rng(settings.seed))
     if not resume_from and not settings.init_from:
-        model.set_normalization(*demos.stats())
+        points = np.concatenate([demos.known_points()]
+                                + ([views.known_points()] if views else []))
+        model.set_normalization(*demos.stats(), *((points.mean(0), points.std(0)) if len(points)
+                                                  else (None, None)))
     action_std = model.action_std.cpu().numpy()
     model.vision.requires_grad_(not model.config.freeze_vision)   # from_pretrained resets it
     model.to(device).train()
@@ -257,7 +300,7 @@ def train(settings: TrainSettings,
                                                      if device.type == "cuda" else None)
            if distributed else model)
     say(f"[train] {len(demos.states)} episodes, {len(train_rows)} train / {len(val_rows)} val "
-        f"samples, {sum(p.numel() for p in trainable) / 1e6:.1f} M trainable parameters, "
+        f"samples{f', {len(view_train)} pointing views' if views else ''}, {sum(p.numel() for p in trainable) / 1e6:.1f} M trainable parameters, "
         f"{device}")
     log = (output / "train_log.jsonl").open("a") if rank == 0 else None
     (output / "train_settings.json").write_text(json.dumps(asdict(settings), indent=1))
@@ -265,29 +308,46 @@ def train(settings: TrainSettings,
     def to_device(batch):
         return {k: v.to(device) for k, v in batch.items()}
 
+    def predict_rows(data: DemoSet, rows: np.ndarray):
+        """(batch, prediction) pairs over up to 2048 rows, for validation."""
+        for j in range(0, min(len(rows), 2048), settings.batch_size):
+            batch = to_device(data.batch(rows[j:j + settings.batch_size], settings, action_std,
+                                         rng, train=False))
+            inputs = {k: v for k, v in batch.items() if k not in (
+                "actions", "action_mask", "progress", "point", "point_mask")}
+            yield batch, model(**inputs)
+
+    def point_error_cm(pairs) -> float | None:
+        errors = [(out.point - batch["point"]).norm(dim=-1)[batch["point_mask"]]
+                  for batch, out in pairs if out.point is not None]
+        errors = torch.cat(errors) if errors else torch.zeros(0)
+        return float(errors.mean() * 100) if len(errors) else None
+
     def validate() -> dict:
-        if not len(val_rows):
-            return {}
         model.eval()
-        errors = []
+        result = {}
         with torch.inference_mode():
-            for j in range(0, min(len(val_rows), 2048), settings.batch_size):
-                batch = to_device(demos.batch(val_rows[j:j + settings.batch_size], settings,
-                                              action_std, rng, train=False))
-                target = batch.pop("actions")
-                batch.pop("progress")
-                pred = model(**batch).actions
-                errors.append((pred - target).abs().mean(dim=(0, 1)).cpu().numpy())
+            if len(val_rows):
+                pairs = list(predict_rows(demos, val_rows))
+                err = np.mean([(out.actions - batch["actions"]).abs().mean(dim=(0, 1)).cpu()
+                               .numpy() for batch, out in pairs], 0)
+                result.update(val_l1_rad=float(err.mean()), val_l1_max_joint=float(err.max()),
+                              val_point_cm=point_error_cm(pairs))
+            if views is not None and len(view_val):
+                result["val_view_point_cm"] = point_error_cm(predict_rows(views, view_val))
         model.train()
-        err = np.mean(errors, 0)
-        return {"val_l1_rad": float(err.mean()), "val_l1_max_joint": float(err.max())}
+        return {k: v for k, v in result.items() if v is not None}
 
     bar = tqdm(total=settings.steps, initial=step, desc="train", file=sys.stderr,
                disable=rank != 0, dynamic_ncols=True)
     t0, metrics = time.monotonic(), {}
     while step < settings.steps:
         rows = train_rows[rng.integers(0, len(train_rows), settings.batch_size)]
-        batch = to_device(demos.batch(rows, settings, action_std, rng, train=True))
+        batch = demos.batch(rows, settings, action_std, rng, train=True)
+        if views is not None:
+            rows = view_train[rng.integers(0, len(view_train), settings.view_batch_size)]
+            batch = _concat(batch, views.batch(rows, settings, action_std, rng, train=True))
+        batch = to_device(batch)
         for group in optimizer.param_groups:
             group["lr"] = _lr(step, settings)
         out = net(**batch)
@@ -302,6 +362,8 @@ def train(settings: TrainSettings,
             metrics = {"step": step, "loss": out.loss.item(),
                        "action_loss": out.action_loss.item(),
                        "progress_loss": out.progress_loss.item(),
+                       **({"point_loss": out.point_loss.item()} if out.point_loss is not None
+                          else {}),
                        "lr": _lr(step - 1, settings), "seconds": round(time.monotonic() - t0, 1),
                        **validate()}
             log.write(json.dumps(metrics) + "\n")
