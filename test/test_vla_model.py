@@ -124,6 +124,15 @@ def test_text_encoders_default_and_hub_style(tmp_path):
         VLAProcessor(tiny_config(), text_encoder=tiny)                  # 32-D vs 384-D
 
 
+def uniform_image_inputs(value: int, elapsed: float = 0.0) -> dict:
+    """Model inputs for one observation whose two cameras see one grey level."""
+    text, text_mask = TextEncoder("all-minilm-l6-v2", 16)(["pick up the red cube"])
+    return dict(images=torch.full((1, 2, 48, 64, 3), value, dtype=torch.uint8),
+                image_mask=torch.ones(1, 2, dtype=torch.bool), text_embeddings=text,
+                text_mask=text_mask, state=torch.as_tensor(EMB.home, dtype=torch.float32)[None],
+                elapsed=torch.tensor([elapsed]))
+
+
 def write_demos(root, episodes=4, steps=60):
     """Episodes whose actions depend on what the camera sees (bright: raise joint 0)."""
     writer = LeRobotWriter(root, 50.0, EMB.joint_names, CAMS, (48, 64), "aloha2")
@@ -152,18 +161,11 @@ def test_training_lowers_the_loss_checkpoints_and_resumes(tmp_path):
     fresh = BimanualVLAModel.from_encoders(tiny_config()).eval()
     fresh.set_normalization(model.state_mean, model.state_std, model.action_mean,
                             model.action_std)
-    text = TextEncoder("all-minilm-l6-v2", 16)(["pick up the red cube"])
 
     def bright_minus_dark(m):
         """What the camera image alone changes in the predicted joint 0 (demos: +-9/59 rad at
         row 9 of the ramp, averaged over the episode: about +-0.5)."""
-        rows = []
-        for value in (220, 30):
-            x = dict(images=torch.full((1, 2, 48, 64, 3), value, dtype=torch.uint8),
-                     image_mask=torch.ones(1, 2, dtype=torch.bool), text_embeddings=text[0],
-                     text_mask=text[1], state=torch.as_tensor(EMB.home, dtype=torch.float32)[None],
-                     elapsed=torch.tensor([0.0]))
-            rows.append(float(m.predict(**x).actions[0, 9, 0]))
+        rows = [float(m.predict(**uniform_image_inputs(v)).actions[0, 9, 0]) for v in (220, 30)]
         return rows[0] - rows[1]
     assert bright_minus_dark(model) > 0.3 and abs(bright_minus_dark(fresh)) < 0.1
 
@@ -207,14 +209,7 @@ def test_pointing_views_co_train_the_point_head_and_leave_actions_alone(tmp_path
     train(settings)
     model = BimanualVLAModel.from_pretrained(tmp_path / "run").eval()
     assert model.config.point_head
-    text = TextEncoder("all-minilm-l6-v2", 16)(["pick up the red cube"])
-    points = []
-    for value in (220, 30):
-        x = dict(images=torch.full((1, 2, 48, 64, 3), value, dtype=torch.uint8),
-                 image_mask=torch.ones(1, 2, dtype=torch.bool), text_embeddings=text[0],
-                 text_mask=text[1], state=torch.as_tensor(EMB.home, dtype=torch.float32)[None],
-                 elapsed=torch.tensor([1.0]))
-        points.append(model.predict(**x).point[0])
+    points = [model.predict(**uniform_image_inputs(v, 1.0)).point[0] for v in (220, 30)]
     assert points[0][0] - points[1][0] > 0.12          # 0.2 apart in the views
     assert abs(float(points[0][1]) - 0.5) < 0.05
 

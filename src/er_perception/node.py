@@ -16,6 +16,9 @@ view) returns success=true with empty results and the backend's explanation in `
 Parameters:
   embodiment (str, "aloha2"): config/<embodiment>.yaml (cameras and the simulator's topics).
   backend (str, "sim"): the ER backend; see er_perception.backends.BACKENDS.
+  <backend>.<option>: the chosen backend's own settings, passed to it as keyword arguments
+    (e.g. `hf.model_path`, `gemini.model`); each backend's docstring lists them. Options of
+    other backends are ignored.
   default_camera (str, "cam_high"): camera used when a request leaves `camera` empty.
   frame_wait_s (float, 3.0): a query that arrives before the camera's first frame (just after
     bring-up) waits this long (wall clock) for it before failing with "no frame yet".
@@ -70,11 +73,13 @@ def _point_msg(p: np.ndarray | None) -> tuple[bool, PointMsg]:
 
 class ErPerception(Node):
     def __init__(self) -> None:
-        super().__init__("er_perception")
-        self.declare_parameter("embodiment", "aloha2")
-        self.declare_parameter("backend", "sim")
-        self.declare_parameter("default_camera", "cam_high")
-        self.declare_parameter("frame_wait_s", 3.0)
+        # Backend options are whatever `<backend>.<option>` overrides the launch gives.
+        super().__init__("er_perception",
+                         automatically_declare_parameters_from_overrides=True)
+        for name, default in (("embodiment", "aloha2"), ("backend", "sim"),
+                              ("default_camera", "cam_high"), ("frame_wait_s", 3.0)):
+            if not self.has_parameter(name):          # given: declared from the override
+                self.declare_parameter(name, default)
         p = lambda name: self.get_parameter(name).value  # noqa: E731
         self._frame_wait = float(p("frame_wait_s"))
         if not self._frame_wait >= 0:
@@ -83,7 +88,12 @@ class ErPerception(Node):
         embodiment = load_embodiment(p("embodiment"))
         self._default_camera = str(p("default_camera"))
         embodiment.camera(self._default_camera)          # raises with the known names
-        self._backend = make_backend(str(p("backend")))
+        backend = str(p("backend"))
+        options = {k: v.value for k, v in self.get_parameters_by_prefix(backend).items()}
+        try:
+            self._backend = make_backend(backend, **options)
+        except TypeError as exc:        # an option the backend does not take
+            raise ValueError(f"backend {backend!r}: {exc}") from None
         self._store = FrameStore(list(embodiment.cameras))
         self._objects: tuple[SceneObject, ...] = ()
 

@@ -6,7 +6,9 @@ from importlib import import_module
 
 from er_perception.backends.base import ErBackend
 
-BACKENDS = {"sim": "er_perception.backends.sim:SimBackend"}
+BACKENDS = {"sim": "er_perception.backends.sim:SimBackend",
+            "hf": "er_perception.backends.hf:HfBackend",
+            "gemini": "er_perception.backends.gemini:GeminiBackend"}
 
 
 def make_backend(name: str, **kwargs) -> ErBackend:
