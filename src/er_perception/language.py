@@ -57,6 +57,23 @@ def _phrase_spans(query: list[str], label: list[str]) -> list[tuple[int, int]]:
     return [(i, i + n) for i in range(len(query) - n + 1) if query[i:i + n] == label]
 
 
+def object_phrases(query: str) -> list[str]:
+    """The object phrases a query names, for an open-vocabulary detector: each part of an
+    enumeration without the words around it that say what to do ("where to grasp the red cube"
+    -> ["red cube"], "the cubes and the bowl" -> ["cubes", "bowl"])."""
+    phrases = []
+    for part in _ENUMERATION.split(query.lower()):
+        words = tokens(part)
+        while words and words[0] in _STOP_WORDS:
+            words.pop(0)
+        while words and words[-1] in _STOP_WORDS:
+            words.pop()
+        phrase = " ".join(words)
+        if phrase and phrase not in phrases:
+            phrases.append(phrase)
+    return phrases
+
+
 def match_labels(query: str, labels: Sequence[str]) -> list[tuple[str, float]]:
     """Labels the query refers to, with a score in (0, 1], best first; [] when none fits.
 

@@ -21,7 +21,7 @@ from typing import ClassVar, Generic, Iterable, TypeVar
 
 import numpy as np
 
-from er_perception.geometry import CameraPose, GeometryError, check_intrinsics
+from er_perception.geometry import CameraPose, GeometryError, check_intrinsics, project, to_er
 
 MAX_QUERY_CHARS = 500
 
@@ -146,6 +146,34 @@ def limit(items: list[T], max_results: int) -> list[T]:
     if max_results < 0 or not math.isfinite(max_results):
         raise ErInputError(f"max_results must be >= 0, got {max_results}")
     return items[:max_results] if max_results else items
+
+
+def not_a_motion(query: str) -> Answer:
+    """The answer to a trajectory query that does not name both an object and a target."""
+    return Answer(message=f"cannot read {query!r} as a motion; ask e.g. "
+                          "'move the red cube into the bowl'")
+
+
+def motion_path(frame: CameraFrame, label: str, score: float, start_px, end_px,
+                start_3d: np.ndarray | None = None, end_3d: np.ndarray | None = None,
+                n: int = 10, lift_m: float = 0.0, bulge: float = 0.0) -> Trajectory:
+    """`n` points from start to end. With both world ends (the frame has depth and pose): in the
+    world, rising `lift_m` at the middle (a parabola), projected into the image; otherwise in the
+    image between the pixel (v, u) ends, bulging upwards by `bulge` times the span (a quadratic
+    Bezier curve). Zero lift and bulge give a straight line."""
+    s = np.linspace(0.0, 1.0, n)
+    if start_3d is not None and end_3d is not None:
+        lift = lift_m * 4 * s * (1 - s)
+        world = start_3d + np.outer(s, end_3d - start_3d) + np.outer(lift, [0.0, 0.0, 1.0])
+        u, v, _ = project(world, frame.K, frame.pose)
+        points = [Point(label, *to_er(vi, ui, frame.width, frame.height), score, p)
+                  for ui, vi, p in zip(u, v, world)]
+        return Trajectory(label, points, score)
+    a, b = np.asarray(start_px, dtype=float), np.asarray(end_px, dtype=float)
+    control = (a + b) / 2 - np.array([bulge * np.linalg.norm(b - a), 0.0])
+    pts = np.outer((1 - s) ** 2, a) + np.outer(2 * s * (1 - s), control) + np.outer(s ** 2, b)
+    points = [Point(label, *to_er(v, u, frame.width, frame.height), score) for v, u in pts]
+    return Trajectory(label, points, score)
 
 
 class ErBackend(ABC):

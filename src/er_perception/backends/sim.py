@@ -10,9 +10,10 @@ from __future__ import annotations
 import numpy as np
 
 from er_perception.backends.base import (Answer, Box, CameraFrame, ErBackend, Grasp, Point,
-                                         SceneObject, Trajectory, limit, normalise_query)
+                                         SceneObject, Trajectory, limit, motion_path,
+                                         normalise_query, not_a_motion)
 from er_perception.geometry import (ER_SCALE, MaskGrasp, mask_box, mask_centroid, mask_grasp,
-                                    mask_position_3d, project, to_er)
+                                    mask_position_3d, to_er)
 from er_perception.language import match_labels, parse_motion
 
 
@@ -118,8 +119,7 @@ class SimBackend(ErBackend):
                    max_results: int = 0) -> Answer[Trajectory]:
         parts = parse_motion(normalise_query(query))
         if parts is None:
-            return Answer(message=f"cannot read {query!r} as a motion; ask e.g. "
-                                  "'move the red cube into the bowl'")
+            return not_a_motion(query)
         (sources, why_src), (targets, why_dst) = (self._find(frame, p) for p in parts)
         if not sources or not targets:
             return Answer(message=why_src or why_dst)
@@ -130,23 +130,12 @@ class SimBackend(ErBackend):
     def _path(self, frame: CameraFrame, source: _Seen, target: _Seen) -> Trajectory:
         """Start at the object's centre, end where that centre would be resting on top of the
         target, arcing up in between (in 3D when there is depth, else in the image)."""
-        label = f"{source.label} -> {target.label}"
-        score = source.score * target.score
-        s = np.linspace(0.0, 1.0, self.trajectory_points)
+        start = end = None
         src3, dst3 = source.position_3d(), target.position_3d()
         if src3 is not None and dst3 is not None:
             start = src3[0]
             end = dst3[0] + np.array([0.0, 0.0, dst3[1][2] / 2 + src3[1][2] / 2])
-            lift = self.arc_height_m * 4 * s * (1 - s)
-            world = start + np.outer(s, end - start) + np.outer(lift, [0.0, 0.0, 1.0])
-            u, v, _ = project(world, frame.K, frame.pose)
-            points = [Point(label, *to_er(vi, ui, frame.width, frame.height), score, p)
-                      for ui, vi, p in zip(u, v, world)]
-            return Trajectory(label, points, score)
         # No depth: an arc in the image, bulging upwards by a third of the span.
-        a, b = np.array(source.centre_px()), np.array(target.centre_px())
-        control = (a + b) / 2 - np.array([np.linalg.norm(b - a) / 3, 0.0])
-        pts = (np.outer((1 - s) ** 2, a) + np.outer(2 * s * (1 - s), control)
-               + np.outer(s ** 2, b))
-        points = [Point(label, *to_er(v, u, frame.width, frame.height), score) for v, u in pts]
-        return Trajectory(label, points, score)
+        return motion_path(frame, f"{source.label} -> {target.label}",
+                           source.score * target.score, source.centre_px(), target.centre_px(),
+                           start, end, self.trajectory_points, self.arc_height_m, bulge=1 / 3)
