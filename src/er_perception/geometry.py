@@ -144,7 +144,7 @@ def mask_position_3d(mask, depth, K, pose: CameraPose,
     if len(xy) >= 3:
         across = xy @ np.linalg.eigh(np.cov(xy.T))[1][:, 0]
         thickness = float(np.subtract(*np.percentile(across, _RANGE_PERCENTILES[::-1])))
-    support = _support_height(mask, depth, K, pose, hi[2], support_ring_px)
+    support = support_height(mask, depth, K, pose, hi[2], support_ring_px)
     if support is not None and lo[2] - thickness <= support:
         bottom = min(lo[2], support)
     else:
@@ -153,7 +153,7 @@ def mask_position_3d(mask, depth, K, pose: CameraPose,
     return centre, np.array([hi[0] - lo[0], hi[1] - lo[1], hi[2] - bottom])
 
 
-def _support_height(mask, depth, K, pose: CameraPose, top: float, ring_px: int) -> float | None:
+def support_height(mask, depth, K, pose: CameraPose, top: float, ring_px: int) -> float | None:
     """Median height of what surrounds the mask below the object's top (the table it stands
     on), or None when nothing valid surrounds it."""
     ring = binary_dilation(mask, iterations=ring_px) & ~mask
