@@ -139,7 +139,8 @@ def period_stats(times: np.ndarray, nominal: float) -> dict:
 
 def raise_priority(pid: int, priority: int) -> None:
     """Put every thread of process `pid` in SCHED_FIFO at `priority` (needs root/CAP_SYS_NICE):
-    what a real-time deployment of the decoder would do."""
+    the sim-time decoder ticks in its executor, so the whole process gets it. (The wall-clock
+    decoder gets `realtime_priority` instead: its control thread alone, as a deployment would.)"""
     for tid in os.listdir(f"/proc/{pid}/task"):
         os.sched_setscheduler(int(tid), os.SCHED_FIFO, os.sched_param(priority))
 
@@ -318,10 +319,11 @@ class WallClockDecoder:
     def __init__(self, log_dir: Path, domain: int, latency_s: float = 0.05, priority: int = 0):
         self.emb = load_embodiment("aloha2")
         self.names = load_stack().interfaces
-        self.domain, self.latency, self.priority = domain, latency_s, priority
+        self.domain, self.latency = domain, latency_s
         self.arm = [i for i, j in enumerate(self.emb.joints) if j.kind == "arm"]
         specs = [s for s in node_launch_specs(sim=False, overrides={"action_decoder": {
-            "blend": "rtc", "use_sim_time": False}}) if s.name == "action_decoder"]
+            "blend": "rtc", "use_sim_time": False, "realtime_priority": priority}})
+            if s.name == "action_decoder"]
         self.procs = StackProcesses(specs, log_dir / "wall-clock-decoder",
                                     env=dict(os.environ, ROS_DOMAIN_ID=str(domain)))
         self.metrics: list = []
@@ -345,9 +347,6 @@ class WallClockDecoder:
 
         from bimanual_core.ros_conversions import RELIABLE_QOS, sec_to_duration, sec_to_time
         self.procs.start()
-        if self.priority:
-            time.sleep(3.0)    # its threads (DDS included) exist once the node is up
-            raise_priority(self.procs.procs["action_decoder"].pid, self.priority)
         self.context = rclpy.Context()
         rclpy.init(context=self.context, domain_id=self.domain)
         node = self.node = Node("bench_wall_clock_backbone", context=self.context)
@@ -596,7 +595,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0,
                    help="scene seed of episode 1 of every delay and blend (episode i: seed + i)")
     p.add_argument("--decoder-priority", type=int, default=0,
-                   help="SCHED_FIFO priority (1-99) for the decoder processes; 0: normal")
+                   help="SCHED_FIFO priority (1-99): the wall-clock decoder's control thread "
+                        "(its realtime_priority), every thread of the stack's decoder; 0: normal")
     p.add_argument("--phases", default=",".join(PHASES),
                    help="phases to run; the others' sections of --out are kept")
     p.add_argument("--out", type=Path, default=repo_root() / "bench" / "results" / "decoder.json")

@@ -1,5 +1,6 @@
-"""The action_decoder node as its own process, on simulated time this test publishes (/clock),
-against a fake backbone service, fake /joint_states and a driver-side command subscriber."""
+"""The action_decoder node as its own process, on simulated time this test publishes (/clock) or
+on the wall clock, against a fake backbone service, fake /joint_states and a driver-side command
+subscriber."""
 import os
 import signal
 import subprocess
@@ -46,6 +47,7 @@ class FakeWorld(Node):
     def __init__(self, context, command_interface="forward_position"):
         super().__init__("fake_world", context=context)
         self.t = 1.0                                     # sim time, advanced by step()
+        self.wall_clock = False                          # the decoder runs on the wall clock
         self.t0 = 1.0                                    # when the predicted motion begins
         self.mode = "ok"                                 # ok | nan
         self.requests = []
@@ -79,8 +81,12 @@ class FakeWorld(Node):
     def backbone_down(self):
         self.destroy_service(self.backbone)
 
+    def now(self):
+        """The decoder's time: the sim time stepped here, or the wall clock."""
+        return time.time() if self.wall_clock else self.t
+
     def _on_request(self, request, response):
-        t_obs = self.t
+        t_obs = self.now()
         self.requests.append((t_obs, request.request_id, time_to_sec(request.execute_from),
                               request.conditioning_steps, len(request.conditioning)))
         actions = np.array([self.target(t_obs + h * DT) for h in range(EMB.chunk_horizon)])
@@ -103,7 +109,7 @@ class FakeWorld(Node):
         """Start the decoder; retried while it has no joint state yet (discovery can be slow)."""
         deadline = time.monotonic() + 10.0
         while True:
-            self.t0 = self.t
+            self.t0 = self.now()
             response = self.call(self.start_client, Trigger.Request())
             if response.success or "joint state" not in response.message \
                     or time.monotonic() > deadline:
@@ -113,13 +119,13 @@ class FakeWorld(Node):
 
     def _on_command(self, msg):
         with self.cond:
-            self.commands.append((self.t, np.array(msg.data)))
+            self.commands.append((self.now(), np.array(msg.data)))
             self.cond.notify_all()
 
     def _on_trajectory(self, msg):
         with self.cond:
-            self.trajectories.append((self.t, msg))
-            self.commands.append((self.t, np.array(msg.points[0].positions)))
+            self.trajectories.append((self.now(), msg))
+            self.commands.append((self.now(), np.array(msg.points[0].positions)))
             self.cond.notify_all()
 
     def _on_metrics(self, msg):
@@ -171,12 +177,13 @@ def world_factory(ros_context, tmp_path):
     started = []
     log_path = tmp_path / "action_decoder.log"
 
-    def start(command_interface="forward_position", **params):
+    def start(command_interface="forward_position", use_sim_time=True, **params):
         world = FakeWorld(ros_context, command_interface)
+        world.wall_clock = not use_sim_time
         executor = MultiThreadedExecutor(num_threads=3, context=ros_context)
         executor.add_node(world)
         threading.Thread(target=executor.spin, daemon=True).start()
-        args = [str(EXECUTABLE), "--ros-args", "-p", "use_sim_time:=true",
+        args = [str(EXECUTABLE), "--ros-args", "-p", f"use_sim_time:={str(use_sim_time).lower()}",
                 "-p", f"command_interface:={command_interface}"]
         for key, value in params.items():
             args += ["-p", f"{key}:={value}"]
@@ -186,7 +193,8 @@ def world_factory(ros_context, tmp_path):
         started.append((proc, executor, world))
         command_topic = EMB.driver[f"{command_interface}_topic"]
         deadline = time.monotonic() + 15.0
-        while not (world.count_subscribers("/clock") and world.start_client.service_is_ready()
+        while not ((world.wall_clock or world.count_subscribers("/clock"))
+                   and world.start_client.service_is_ready()
                    and world.count_subscribers(EMB.driver["joint_states_topic"])
                    and world.count_subscribers(NAMES["estop_topic"])
                    and world.count_publishers(command_topic)
@@ -319,7 +327,9 @@ def test_dry_run_publishes_metrics_but_no_commands(world_factory):
 def test_bad_parameters_are_refused_with_the_reason(ros_context):
     from action_decoder_node.node import ActionDecoderNode
     for name, value, match in (("blend", "bogus", "blend"), ("output_rate_hz", -1.0, "> 0"),
-                               ("command_interface", "velocity", "command_interface")):
+                               ("command_interface", "velocity", "command_interface"),
+                               ("realtime_priority", 100, "realtime_priority"),
+                               ("spin_margin_s", 0.02, "spin_margin_s")):
         with pytest.raises(ValueError, match=match):
             ActionDecoderNode(context=ros_context, parameter_overrides=[Parameter(name,
                                                                                   value=value)])
@@ -365,3 +375,57 @@ def test_killed_backbone_process_makes_the_decoder_brake_at_once(world_factory):
     finally:
         heart.kill()
         heart.wait()
+
+
+def fifo_permitted() -> bool:
+    """Whether a process here may put a thread in SCHED_FIFO (tried in a child, not in pytest)."""
+    probe = "import os; os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))"
+    return subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode == 0
+
+
+def fifo_threads(pid: int) -> list[int]:
+    tids = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            if os.sched_getscheduler(int(tid)) == os.SCHED_FIFO:
+                tids.append(int(tid))
+        except ProcessLookupError:                   # a thread that just ended
+            pass
+    return tids
+
+
+@pytest.mark.slow
+def test_wall_clock_commands_come_from_a_control_thread_at_50_hz(world_factory, tmp_path):
+    world, proc = world_factory(use_sim_time=False, realtime_priority=10)
+    log_path = tmp_path / "action_decoder.log"
+    # The control thread alone is real-time, or, where that is not permitted, one warning says so.
+    permitted = fifo_permitted()
+    settled = (lambda: len(fifo_threads(proc.pid)) == 1) if permitted else \
+        (lambda: "realtime_priority 10 not permitted" in log_path.read_text())
+    deadline = time.monotonic() + 5.0
+    while not ("ticked by a control thread on the wall clock" in log_path.read_text()
+               and settled()):
+        assert time.monotonic() < deadline, log_path.read_text()
+        time.sleep(0.05)
+    if not permitted:
+        assert fifo_threads(proc.pid) == []
+        assert log_path.read_text().count("not permitted") == 1
+
+    assert world.start_decoder().success             # no /clock from here on: wall time only
+    time.sleep(1.0)                                  # the first chunks arrive
+    with world.cond:
+        first = len(world.commands)
+    time.sleep(2.0)
+    with world.cond:
+        window = world.commands[first:]
+    times = np.array([t for t, _ in window])
+    assert len(window) == pytest.approx(100, abs=5)
+    assert np.diff(times).mean() == pytest.approx(DT, rel=0.02)
+    # It follows the chunks stamped on the wall clock (none rejected as in the past); the
+    # tolerance covers the wave's motion between the decoder's tick and the receipt here.
+    for t, command in window:
+        assert command == pytest.approx(world.target(t), abs=0.02)
+    metrics = world.metrics
+    assert metrics.state == "executing" and metrics.chunks_received >= 2
+    assert metrics.chunks_rejected == 0 and metrics.missed_ticks <= 0.02 * metrics.ticks
+    assert metrics.loop_period_mean_ms == pytest.approx(20.0, abs=0.5)
