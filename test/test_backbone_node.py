@@ -84,9 +84,15 @@ def test_backbone_serves_chunks_stamped_with_the_observation(ros_context, tmp_pa
         reply = call(start, StartEpisode.Request(instruction="pick up the green banana"))
         assert not reply.success and "green banana not visible" in reply.message
         reply = call(start, StartEpisode.Request(instruction="pick up the red cube",
-                                                 task="pick"))
+                                                 task="pick", request_id="episode-1"))
         assert reply.success, reply.message
         assert (ErQuery.Request.BOXES, "red cube", True) in er_queries
+        # A re-sent request (its reply lost) gets the same answer without a second reset.
+        queries_before = len(er_queries)
+        again = call(start, StartEpisode.Request(instruction="pick up the red cube",
+                                                 task="pick", request_id="episode-1"))
+        assert (again.success, again.message) == (reply.success, reply.message)
+        assert len(er_queries) == queries_before
 
         reply = call(get_chunk, GetActionChunk.Request(request_id=42))
         assert reply.success, reply.message

@@ -73,10 +73,11 @@ def test_malformed_goal_is_refused_with_a_reason_and_nothing_moves(stack, goal, 
 
 
 def test_unknown_object_fails_before_motion(stack):
-    _, client = stack
+    procs, client = stack
     outcome = client.execute("pick up the purple elephant", time_limit_s=30.0)
     assert not outcome.success and outcome.status == "aborted"
-    assert "purple elephant" in outcome.reason
+    assert "purple elephant" in outcome.reason, {
+        name: procs.log_tail(name) for name in ("instruction_server", "vla_backbone")}
 
 
 def test_cancel_stops_the_robot_and_holds(stack):

@@ -15,6 +15,7 @@ Parameters:
   default_time_limit_s (float, 60): limit when a goal gives 0; in the node's (sim) time.
   max_time_limit_s (float, 600): goals asking for more are refused.
   service_timeout_s (float, 30): wall-clock limit for each call to the backbone or decoder.
+  service_resend_s (float, 2): a call with no reply yet is sent again this often (wall clock).
   settle_s (float, 1.5): time the policy's last chunk is given to finish before success is judged.
   clock_stall_timeout_s (float, 15): wall-clock time without the ROS clock advancing (the simulator
     or robot is gone) before the goal aborts.
@@ -24,6 +25,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+import uuid
 
 import rclpy
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
@@ -49,15 +51,18 @@ class InstructionServer(Node):
         self.declare_parameter("default_time_limit_s", 60.0)
         self.declare_parameter("max_time_limit_s", 600.0)
         self.declare_parameter("service_timeout_s", 30.0)
+        self.declare_parameter("service_resend_s", 2.0)
         self.declare_parameter("settle_s", 1.5)
         self.declare_parameter("clock_stall_timeout_s", 15.0)
         p = lambda name: self.get_parameter(name).value  # noqa: E731
         self._default_limit = float(p("default_time_limit_s"))
         self._max_limit = float(p("max_time_limit_s"))
         self._service_timeout = float(p("service_timeout_s"))
+        self._service_resend = float(p("service_resend_s"))
         self._settle = float(p("settle_s"))
         self._clock_stall_timeout = float(p("clock_stall_timeout_s"))
-        for name in ("default_time_limit_s", "max_time_limit_s", "service_timeout_s"):
+        for name in ("default_time_limit_s", "max_time_limit_s", "service_timeout_s",
+                     "service_resend_s"):
             if not float(p(name)) > 0:
                 raise ValueError(f"parameter {name} must be > 0")
 
@@ -100,18 +105,30 @@ class InstructionServer(Node):
         return self.get_clock().now().nanoseconds * 1e-9
 
     def _call(self, client, request, what: str):
-        """Call a service and wait (this runs in an executor thread); raise with a reason."""
+        """Call a service and wait (this runs in an executor thread); raise with a reason.
+
+        The request is sent again every `service_resend_s` until a reply comes: Fast DDS drops a
+        reply whose reader it has not matched yet (a known discovery race on busy machines), and
+        the first of the replies is taken. The services called here are idempotent (Trigger
+        holds/stops, StartEpisode carries a request_id the backbone answers once)."""
         if not client.wait_for_service(timeout_sec=self._service_timeout):
             raise RuntimeError(f"{what}: service {client.srv_name} is not available")
-        future = client.call_async(request)
-        deadline = time.monotonic() + self._service_timeout
-        while not future.done():
-            if time.monotonic() > deadline:
-                client.remove_pending_request(future)
-                raise RuntimeError(f"{what}: no answer from {client.srv_name} within "
-                                   f"{self._service_timeout:.0f} s")
-            time.sleep(0.005)
-        return future.result()
+        futures = [client.call_async(request)]
+        start = time.monotonic()
+        try:
+            while not any(f.done() for f in futures):
+                elapsed = time.monotonic() - start
+                if elapsed > self._service_timeout:
+                    raise RuntimeError(f"{what}: no answer from {client.srv_name} within "
+                                       f"{self._service_timeout:.0f} s")
+                if elapsed > len(futures) * self._service_resend:
+                    futures.append(client.call_async(request))
+                time.sleep(0.005)
+            return next(f for f in futures if f.done()).result()
+        finally:
+            for future in futures:
+                if not future.done():
+                    client.remove_pending_request(future)
 
     def _halt(self) -> None:
         """Stop the robot where it is and end the backbone's episode (best effort)."""
@@ -186,7 +203,9 @@ class InstructionServer(Node):
         try:
             started = self._call(self._start_episode,
                                  StartEpisode.Request(instruction=goal.instruction, task=spec.kind,
-                                                      policy=goal.policy), "start episode")
+                                                      policy=goal.policy,
+                                                      request_id=uuid.uuid4().hex),
+                                 "start episode")
             if not started.success:
                 return finish(False, f"the backbone cannot do it: {started.message}", "policy")
             run = self._call(self._decoder_start, Trigger.Request(), "start decoder")

@@ -128,6 +128,9 @@ class VlaBackbone(Node):
         self._latest: tuple[Observation, PolicyObservation] | None = None
         self._active = False
         self._instruction = ""
+        # (request_id, success, message) of the last StartEpisode that carried an id: a re-sent
+        # request (its first reply lost in DDS discovery) gets this answer, not a second reset.
+        self._last_start: tuple[str, bool, str] | None = None
         self._policy = self._make_policy(str(self.get_parameter("policy").value))
 
         self.create_subscription(Observation, self.names["observation_topic"],
@@ -248,6 +251,9 @@ class VlaBackbone(Node):
 
     def _on_start(self, request: StartEpisode.Request,
                   response: StartEpisode.Response) -> StartEpisode.Response:
+        if request.request_id and self._last_start and self._last_start[0] == request.request_id:
+            _, response.success, response.message = self._last_start
+            return response
         response.success = False
         if request.policy and request.policy != self._policy.name:
             if request.policy not in available_policies():
@@ -288,6 +294,8 @@ class VlaBackbone(Node):
         else:
             self.get_logger().warning(f"start episode {request.instruction!r} refused: "
                                       f"{response.message}")
+        if request.request_id:
+            self._last_start = (request.request_id, response.success, response.message)
         self._publish_status()
         return response
 
