@@ -262,3 +262,24 @@ def test_learned_policy_wraps_a_checkpoint(tmp_path):
         policy.infer(obs, conditioning=np.zeros((5, 3)))
     with pytest.raises(PolicyError, match="cannot load"):
         make_policy("learned", EMB, checkpoint=str(tmp_path / "missing"))
+
+
+def test_shipped_default_checkpoint_locates_the_cube_and_starts_where_the_arms_are():
+    """models/default (the committed checkpoint) on a scene it never saw: its point head finds
+    the cube and its chunk starts at the measured joints."""
+    from aloha_driver.sim import AlohaSim
+    from bimanual_core.config import resolve_checkpoint
+    from vla_backbone_node.policy import PolicyObservation, make_policy
+    policy = make_policy("learned", EMB, checkpoint=resolve_checkpoint("default"), device="cpu")
+    with AlohaSim(EMB, task="pick", seed=7) as sim:
+        images = {c: sim.render(c, depth=False, segmentation=False)["rgb"]
+                  for c in policy.model.config.cameras}
+        joints, cube = sim.joint_positions(), sim.target_position()
+    policy.reset(sim.instruction)
+    chunk = policy.infer(PolicyObservation(0.0, joints, images))
+    assert chunk.shape == (EMB.chunk_horizon, 14) and np.all(np.isfinite(chunk))
+    assert np.max(np.abs(chunk[0] - joints)) < 0.1
+    inputs = policy.processor.inputs(images, sim.instruction, joints, None, elapsed=0.0)
+    with torch.inference_mode():
+        point = policy.model.predict(**inputs).point[0].numpy()
+    assert np.linalg.norm(point - cube) < 0.05, (point, cube)
