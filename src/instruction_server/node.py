@@ -109,8 +109,9 @@ class InstructionServer(Node):
 
         The request is sent again every `service_resend_s` until a reply comes: Fast DDS drops a
         reply whose reader it has not matched yet (a known discovery race on busy machines), and
-        the first of the replies is taken. The services called here are idempotent (Trigger
-        holds/stops, StartEpisode carries a request_id the backbone answers once)."""
+        the first of the replies is taken. A repeat is harmless: hold and stop are idempotent,
+        StartEpisode carries a request_id the backbone answers once, and a repeated decoder start
+        only drops the queued chunks and carries on, rate-limited, from the last command."""
         if not client.wait_for_service(timeout_sec=self._service_timeout):
             raise RuntimeError(f"{what}: service {client.srv_name} is not available")
         futures = [client.call_async(request)]
