@@ -26,6 +26,11 @@ $(STAMP)/interfaces: $(STAMP)/deps $(INTERFACE_FILES)
 	@bash scripts/setup_env.sh interfaces && touch $@
 $(STAMP)/package: $(STAMP)/interfaces pyproject.toml
 	@bash scripts/setup_env.sh package && touch $@
+# Robot driver messages for the tests only (build/test_interfaces/, see test/interfaces/README.md).
+TEST_INTERFACE_FILES := $(wildcard test/interfaces/*/CMakeLists.txt test/interfaces/*/package.xml \
+	test/interfaces/*/msg/*.msg test/interfaces/*/srv/*.srv test/interfaces/*/action/*.action)
+$(STAMP)/test_interfaces: $(STAMP)/deps $(TEST_INTERFACE_FILES)
+	@bash scripts/setup_env.sh test_interfaces && touch $@
 
 demo: setup
 	$(VENV)/bin/bimanual-vla demo --task $(TASK) --embodiment $(EMBODIMENT) --policy $(POLICY)
@@ -34,10 +39,10 @@ eval: setup
 	$(VENV)/bin/bimanual-vla evaluate --policy $(POLICY) --task $(TASK) --episodes $(EPISODES) \
 		--seed $(SEED) --embodiment $(EMBODIMENT)
 
-test: setup
+test: setup $(STAMP)/test_interfaces
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-quick: setup
+test-quick: setup $(STAMP)/test_interfaces
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 clean:

@@ -5,6 +5,7 @@
 #   setup_env.sh deps        venv + Python requirements (ROS 2 Kilted wheels, MuJoCo, ...)
 #   setup_env.sh interfaces  build msg/srv/action with ament_cmake/rosidl into .venv
 #   setup_env.sh package     install src/ packages in editable mode + bimanual-vla CLI
+#   setup_env.sh test_interfaces  build test/interfaces/* (robot driver messages) for the tests only
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -46,6 +47,24 @@ step_interfaces() {
     && cmake --build build/cmake -j2 >>build/cmake.log 2>&1 \
     && cmake --install build/cmake >>build/cmake.log 2>&1 \
     || { tail -40 build/cmake.log; echo "setup: interface build failed (log: build/cmake.log)"; exit 1; }
+}
+
+# Test-only stand-ins of robot driver interfaces (test/interfaces/*: interbotix_xs_msgs,
+# franka_msgs) in their own prefix, which only the tests put on their path. RUNPATH lets their
+# libraries find each other without LD_LIBRARY_PATH.
+step_test_interfaces() {
+  export AMENT_PREFIX_PATH=$VENV CMAKE_PREFIX_PATH=$VENV
+  local prefix=$ROOT/build/test_interfaces
+  for pkg in test/interfaces/*/; do
+    local name; name=$(basename "$pkg")
+    cmake -S "$pkg" -B "build/test_interfaces_build/$name" -DCMAKE_INSTALL_PREFIX="$prefix" \
+      -DCMAKE_INSTALL_RPATH="$prefix/lib" -DPython3_EXECUTABLE="$PY" -DBUILD_TESTING=OFF \
+      >"build/test_interfaces_$name.log" 2>&1 \
+      && cmake --build "build/test_interfaces_build/$name" -j2 >>"build/test_interfaces_$name.log" 2>&1 \
+      && cmake --install "build/test_interfaces_build/$name" >>"build/test_interfaces_$name.log" 2>&1 \
+      || { tail -40 "build/test_interfaces_$name.log"
+           echo "setup: test interface $name failed (log: build/test_interfaces_$name.log)"; exit 1; }
+  done
 }
 
 step_package() {
