@@ -1,48 +1,30 @@
-"""The ALOHA 2 MuJoCo scene: gym-aloha's ViperX 300 S arms, ALOHA 2's cameras, our task objects.
+"""The simulated scene: an embodiment's arms (`aloha_driver.robots`), its cameras, our task objects.
 
-No ROS here. ALOHA 2's own model (MuJoCo Menagerie) cannot be installed offline, so the scene is
-built with `mujoco.MjSpec` on the vx300s assets that the `gym_aloha` wheel ships, keeping its arm
-placement (bases at x = -/+0.469, y = 0.5, table top at z = 0), and adds what ALOHA 2 has and
-gym-aloha lacks: the four cameras under ALOHA 2's names, a grasp-point site per arm, and the objects
-of `config/tasks.yaml`. The model's structure depends only on the task; a seed decides the object
-poses and the distractor colours, so a reset re-samples them without recompiling (`resample`) and
-restores the keyframe HOME_KEY.
+No ROS here. The arms come from the robot model the embodiment's `simulation.robot_model` names
+(ALOHA 2: gym-aloha's vx300s, since ALOHA 2's own Menagerie model cannot be installed offline;
+franka_duo: two Menagerie Pandas); everything else is shared: the table, the cameras under the
+embodiment's (ALOHA 2) names, a grasp-point site per arm, and the objects of `config/tasks.yaml`.
+The model's structure depends only on the task; a seed decides the object poses and the distractor
+colours, so a reset re-samples them without recompiling (`resample`) and restores the keyframe
+HOME_KEY.
 """
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import mujoco
 import numpy as np
 
+from aloha_driver.robots import (FINGER_FRICTION, FINGER_KP, RobotModel, SceneError,  # noqa: F401
+                                 gym_aloha_assets, robot_model)
 from bimanual_core.config import Embodiment, load_tasks
 
-# The gym-aloha scene whose arms, table and lights are reused (its red box is replaced by ours).
-BASE_SCENE_FILE = "bimanual_viperx_transfer_cube.xml"
-# Model body prefix of each arm group of the embodiment config: config joint `left_waist` is the
-# model joint `vx300s_left/waist`; a gripper drives the two finger slides of its arm.
-ARM_MODEL_PREFIX = {"left_arm": "vx300s_left", "right_arm": "vx300s_right"}
-FINGER_JOINTS = ("left_finger", "right_finger")
-GRIPPER_LINK = "gripper_link"
-
-# Grasp stability (/work/shared/notes/simulation.md): stiffer finger servos and grippier pads.
-# Measured here on a lifted 50 g cube: slip <= 0.5 mm, against <= 6.5 mm with the stock
-# kp=200 / friction 1 (which the notes saw drop cubes under stress).
-FINGER_KP = 1000.0
-FINGER_FRICTION = (2.0, 0.005, 0.0001)
 OBJECT_FRICTION = (1.0, 0.005, 0.0001)
 OBJECT_CONDIM = 4            # torsional friction too, so a held cube does not spin out
 
-# Grasp point in gripper_link, centred between the fingers 2.4 cm behind their tips (x = 0.154):
-# with it 1 cm above a 4 cm cube's centre, a top-down grasp keeps the tips 6 mm off the table.
-# The site's x axis is gripper_link's, the approach direction.
-GRASP_POINT = (0.13, 0.0, 0.0)
-
-# Cameras. World-fixed ones look at a target; wrist ones sit on the gripper above the fingers.
-# (position, look-at target, up vector, fovy in degrees); frames: world or the arm's gripper_link.
+# Cameras. World-fixed ones look at a target; a wrist one sits on its arm's hand, posed by the
+# robot model. (position, look-at target, up vector, fovy in degrees).
 FIXED_CAMERAS = {
     "cam_high": ((0.0, 0.25, 0.70), (0.0, 0.5, 0.0), (0.0, 0.0, 1.0), 60.0),   # overhead, front top
     "cam_low": ((0.0, 0.16, 0.07), (0.0, 0.55, 0.08), (0.0, 0.0, 1.0), 70.0),  # worm's-eye, front
@@ -51,7 +33,6 @@ WRIST_CAMERAS = {
     "cam_left_wrist": "left_arm",
     "cam_right_wrist": "right_arm",
 }
-WRIST_CAMERA_POSE = ((0.06, 0.0, 0.075), (0.19, 0.0, -0.02), (0.0, 0.0, 1.0), 90.0)
 
 CLIP_NEAR, CLIP_FAR = 0.005, 4.0
 HOME_KEY = "home"             # keyframe: home pose, home command, the seed's object layout
@@ -63,29 +44,15 @@ BOWL_WALL_THICKNESS = 0.006
 BOWL_BASE_THICKNESS = 0.006
 
 
-class SceneError(ValueError):
-    """The scene cannot be built as asked (unknown task, bad task config, no room for objects)."""
-
-
-def gym_aloha_assets() -> Path:
-    """The `assets/` directory of the installed gym_aloha package."""
-    spec = importlib.util.find_spec("gym_aloha")
-    if spec is None or spec.origin is None:
-        raise SceneError("the gym_aloha package is not installed; `pip install gym-aloha`")
-    assets = Path(spec.origin).parent / "assets"
-    if not (assets / BASE_SCENE_FILE).is_file():
-        raise SceneError(f"{assets / BASE_SCENE_FILE} is missing from the gym_aloha package")
-    return assets
-
-
 # ----------------------------------------------------------------------------- joint mapping
 
 @dataclass(frozen=True)
 class JointMap:
-    """Where the embodiment's 14-D action entries live in a model built here.
+    """Where the embodiment's action entries live in a model built here.
 
     Arm entries map one-to-one to a hinge joint and its position actuator. A gripper entry (0 =
-    closed .. 1 = open) maps linearly to the two finger slides, whose ranges mirror each other.
+    closed .. 1 = open) maps linearly to the two finger slides, which mirror each other (vx300s)
+    or move in parallel (Panda) as the robot model's `finger_sign` says.
     """
 
     names: tuple[str, ...]
@@ -97,13 +64,15 @@ class JointMap:
     finger_qpos: np.ndarray      # (G, 2) qpos addresses of (left, right) finger
     finger_dof: np.ndarray       # (G, 2)
     finger_actuator: np.ndarray  # (G, 2)
-    finger_closed: float         # left-finger slide position at gripper 0 (right is its negative)
+    finger_closed: float         # first finger's slide position at gripper 0
     finger_open: float           # at gripper 1
-
-    FINGER_SIGN = np.array([1.0, -1.0])
+    finger_sign: np.ndarray      # (2,) slide of each finger per unit of its arm's opening
 
     @classmethod
-    def from_model(cls, model: mujoco.MjModel, embodiment: Embodiment) -> JointMap:
+    def from_model(cls, model: mujoco.MjModel, embodiment: Embodiment,
+                   robot: RobotModel | None = None) -> JointMap:
+        """Locate the joints through `robot` (default: the embodiment's robot model)."""
+        robot = robot or robot_model(embodiment)
         arm_idx, arm_q, arm_d, arm_a, grip_idx, f_q, f_d, f_a = ([] for _ in range(8))
         act_of_joint = {int(model.actuator_trnid[a, 0]): a for a in range(model.nu)}
 
@@ -116,31 +85,25 @@ class JointMap:
             return jid
 
         for i, spec in enumerate(embodiment.joints):
-            prefix = ARM_MODEL_PREFIX.get(spec.group)
-            if prefix is None:
-                raise SceneError(f"joint {spec.name}: no model arm for group {spec.group!r}")
             if spec.kind == "gripper":
-                fingers = [joint(f"{prefix}/{f}") for f in FINGER_JOINTS]
+                fingers = [joint(f) for f in robot.finger_joints(spec.group)]
                 grip_idx.append(i)
                 f_q.append([model.jnt_qposadr[j] for j in fingers])
                 f_d.append([model.jnt_dofadr[j] for j in fingers])
                 f_a.append([act_of_joint[j] for j in fingers])
             else:
-                side = spec.group.split("_")[0] + "_"
-                if not spec.name.startswith(side):
-                    raise SceneError(f"joint {spec.name} does not start with its arm's side {side}")
-                jid = joint(f"{prefix}/{spec.name[len(side):]}")
+                jid = joint(robot.model_joint(spec.group, spec.name))
                 arm_idx.append(i)
                 arm_q.append(model.jnt_qposadr[jid])
                 arm_d.append(model.jnt_dofadr[jid])
                 arm_a.append(act_of_joint[jid])
         if not grip_idx:
             raise SceneError("the embodiment has no gripper")
-        lo, hi = model.jnt_range[mujoco.mj_name2id(
-            model, mujoco.mjtObj.mjOBJ_JOINT, f"{ARM_MODEL_PREFIX['left_arm']}/{FINGER_JOINTS[0]}")]
+        lo, hi = model.jnt_range[model.dof_jntid[f_d[0][0]]]
         ints = [np.asarray(v, dtype=int)
                 for v in (arm_idx, arm_q, arm_d, arm_a, grip_idx, f_q, f_d, f_a)]
-        return cls(tuple(embodiment.joint_names), *ints, float(lo), float(hi))
+        return cls(tuple(embodiment.joint_names), *ints, float(lo), float(hi),
+                   np.asarray(robot.finger_sign, dtype=float))
 
     @property
     def finger_span(self) -> float:
@@ -149,7 +112,7 @@ class JointMap:
     def gripper_to_finger(self, gripper: np.ndarray) -> np.ndarray:
         """(G,) normalised gripper values -> (G, 2) finger slide positions."""
         left = self.finger_closed + np.asarray(gripper, dtype=float) * self.finger_span
-        return left[:, None] * self.FINGER_SIGN
+        return left[:, None] * self.finger_sign
 
     def action_to_ctrl(self, action: np.ndarray, ctrl: np.ndarray) -> None:
         """Write a 14-D position target into the model's actuator controls."""
@@ -165,7 +128,7 @@ class JointMap:
         """Joint positions in action convention; a gripper is the mean of its fingers' openings."""
         out = np.empty(len(self.names))
         out[self.arm_index] = qpos[self.arm_qpos]
-        fingers = qpos[self.finger_qpos] * self.FINGER_SIGN
+        fingers = qpos[self.finger_qpos] * self.finger_sign
         out[self.gripper_index] = (fingers.mean(axis=1) - self.finger_closed) / self.finger_span
         return out
 
@@ -173,7 +136,7 @@ class JointMap:
         """Joint velocities (rad/s; grippers in normalised units per second)."""
         out = np.empty(len(self.names))
         out[self.arm_index] = qvel[self.arm_dof]
-        out[self.gripper_index] = (qvel[self.finger_dof] * self.FINGER_SIGN).mean(
+        out[self.gripper_index] = (qvel[self.finger_dof] * self.finger_sign).mean(
             axis=1) / self.finger_span
         return out
 
@@ -181,7 +144,7 @@ class JointMap:
         """Actuator efforts (N m for arm joints; N of finger closing force, +opening)."""
         out = np.empty(len(self.names))
         out[self.arm_index] = force[self.arm_actuator]
-        out[self.gripper_index] = (force[self.finger_actuator] * self.FINGER_SIGN).mean(axis=1)
+        out[self.gripper_index] = (force[self.finger_actuator] * self.finger_sign).mean(axis=1)
         return out
 
 
@@ -372,34 +335,18 @@ def _add_camera(body: mujoco.MjsBody, name: str, pose) -> None:
 
 # ----------------------------------------------------------------------------- building
 
-def _arm_spec(embodiment: Embodiment) -> mujoco.MjSpec:
-    """gym-aloha's bimanual vx300s with its box, keyframe and cameras removed, plus our fixes.
-
-    Adds per arm the grasp-point site and the base frame site named in the embodiment config.
-    """
-    assets = gym_aloha_assets()
-    spec = mujoco.MjSpec.from_file(str(assets / BASE_SCENE_FILE))
-    spec.delete(spec.body("box"))
-    for element in list(spec.keys) + list(spec.cameras):
-        spec.delete(element)
-    spec.option.timestep = float(embodiment.simulation.get("physics_timestep", 0.002))
-    for act in spec.actuators:
-        act.name = act.target          # gym-aloha leaves them unnamed; name them after the joint
-        if act.target.endswith(FINGER_JOINTS):
-            act.gainprm[0] = FINGER_KP
-            act.biasprm[1] = -FINGER_KP
-    for geom in spec.geoms:
-        if geom.name.endswith("_gripper_finger"):
-            geom.friction = list(FINGER_FRICTION)
+def _arm_spec(embodiment: Embodiment) -> tuple[mujoco.MjSpec, RobotModel]:
+    """The table and the embodiment's arms, plus per arm the grasp-point site and the base frame
+    site named in the embodiment config."""
+    robot = robot_model(embodiment)
+    spec = robot.build(embodiment)
+    pos, quat = robot.grasp_site
     for arm, names in embodiment.arms.items():
-        prefix = ARM_MODEL_PREFIX.get(arm)
-        if prefix is None:
-            raise SceneError(f"no model arm for {arm!r}; known: {sorted(ARM_MODEL_PREFIX)}")
-        spec.body(prefix).add_site(name=names["base_frame"], size=[0.01, 0, 0])
-        spec.body(f"{prefix}/{GRIPPER_LINK}").add_site(
-            name=names["end_effector_site"], pos=list(GRASP_POINT), size=[0.005, 0, 0],
+        spec.body(robot.base(arm)).add_site(name=names["base_frame"], size=[0.01, 0, 0])
+        spec.body(robot.hand(arm)).add_site(
+            name=names["end_effector_site"], pos=list(pos), quat=list(quat), size=[0.005, 0, 0],
             rgba=[0, 1, 0, 0], group=4)
-    return spec
+    return spec, robot
 
 
 def _compile_with_home(spec: mujoco.MjSpec, embodiment: Embodiment
@@ -423,7 +370,7 @@ def build_robot_model(embodiment: Embodiment) -> mujoco.MjModel:
     Same joint names, sites and qpos layout of the arms as `build_scene`'s model, and the same
     keyframe HOME_KEY; for kinematics and IK.
     """
-    spec = _arm_spec(embodiment)
+    spec, _ = _arm_spec(embodiment)
     for name in ("table", "midair"):
         spec.delete(spec.body(name))
     return _compile_with_home(spec, embodiment)[0]
@@ -473,10 +420,10 @@ class SceneModel:
 
 def build_scene(task: str, seed: int, embodiment: Embodiment,
                 tasks: dict[str, Any] | None = None) -> SceneModel:
-    """Compile the ALOHA 2 scene of `task` with the object layout of `seed`."""
+    """Compile the scene of `task` for `embodiment` with the object layout of `seed`."""
     tasks = tasks if tasks is not None else load_tasks()
     specs, instruction = task_object_specs(task, tasks)
-    spec = _arm_spec(embodiment)
+    spec, robot = _arm_spec(embodiment)
     spec.visual.quality.shadowsize = 0
     spec.visual.quality.offsamples = 0
     # Clip planes as fractions of the model extent (~1.7 m): near ~8 mm so that the wrist cameras
@@ -492,9 +439,8 @@ def build_scene(task: str, seed: int, embodiment: Embodiment,
     for name in embodiment.cameras:
         if name in FIXED_CAMERAS:
             _add_camera(spec.worldbody, name, FIXED_CAMERAS[name])
-        elif name in WRIST_CAMERAS:
-            prefix = ARM_MODEL_PREFIX[WRIST_CAMERAS[name]]
-            _add_camera(spec.body(f"{prefix}/{GRIPPER_LINK}"), name, WRIST_CAMERA_POSE)
+        elif WRIST_CAMERAS.get(name) in embodiment.arms:
+            _add_camera(spec.body(robot.hand(WRIST_CAMERAS[name])), name, robot.wrist_camera)
         else:
             raise SceneError(f"camera {name!r} of {embodiment.name} has no place in this scene")
     for obj in specs:

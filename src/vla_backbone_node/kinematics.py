@@ -194,7 +194,8 @@ class ArmKinematics:
 
     def solve(self, position, rotation=None, seed=None, *, max_iterations: int = 200,
               position_tolerance: float = 5e-4, orientation_tolerance: float = np.radians(0.3),
-              restarts: int = 10, solutions: int = 1, rng_seed: int = 0) -> IkResult:
+              restarts: int = 10, solutions: int = 1, rng_seed: int = 0,
+              posture=None) -> IkResult:
         """Joint angles that put the site at `position` (and `rotation`, when given).
 
         Starts from `seed`, then from the home posture turned toward the target, then from
@@ -203,6 +204,10 @@ class ArmKinematics:
         `solutions` > 1 a solution on another branch (e.g. a flipped wrist) is not taken just
         because the solver reached it first. Angles of joints that turn all the way round are
         given nearest `seed`.
+
+        `posture` is the configuration the redundant (null-space) motion is pulled toward
+        (default: home). A path tracked sample by sample passes the previous sample, so that a
+        redundant arm (7-DoF) stays on its course instead of drifting toward home between them.
         """
         target_p = np.asarray(position, dtype=float)
         if target_p.shape != (3,) or not np.all(np.isfinite(target_p)):
@@ -215,10 +220,11 @@ class ArmKinematics:
             if not np.allclose(target_r.T @ target_r, np.eye(3), atol=1e-6):
                 raise KinematicsError("target rotation is not orthonormal")
         reference = self.home if seed is None else self._check_q(seed)
+        rest = self.home if posture is None else self._check_q(posture)
         found, best = [], None
         for start in self._seeds(seed, target_p, restarts, rng_seed):
             res = self._solve_from(start, target_p, target_r, max_iterations,
-                                   position_tolerance, orientation_tolerance)
+                                   position_tolerance, orientation_tolerance, rest)
             if res.success:
                 found.append(replace(res, q=self._nearest_turn(res.q, reference)))
                 if len(found) >= solutions:
@@ -275,7 +281,8 @@ class ArmKinematics:
         wrapped = np.where(self._wraps, (q + np.pi) % (2 * np.pi) - np.pi, q)
         return np.clip(wrapped, self.lower, self.upper)
 
-    def _solve_from(self, seed, target_p, target_r, max_iterations, pos_tol, rot_tol) -> IkResult:
+    def _solve_from(self, seed, target_p, target_r, max_iterations, pos_tol, rot_tol,
+                    rest=None) -> IkResult:
         q = self._limit(np.array(seed, dtype=float))
         rows = 6 if target_r is not None else 3
         w = np.ones(6)
@@ -301,7 +308,7 @@ class ArmKinematics:
             U, sv, Vt = np.linalg.svd(J, full_matrices=False)
             dq = Vt.T @ ((sv / (sv ** 2 + self.damping ** 2)) * (U.T @ (e * w)[:rows]))
             # Posture bias projected onto the exact null space, so it never pulls off target.
-            posture = self.posture_gain * (self.home - q)
+            posture = self.posture_gain * ((self.home if rest is None else rest) - q)
             rank_rows = Vt[sv > 1e-3 * sv[0]]
             dq += posture - rank_rows.T @ (rank_rows @ posture)
             step = np.max(np.abs(dq))

@@ -485,7 +485,7 @@ class ZeroShotPolicy(Policy):
             for i, s in enumerate(min_jerk(np.arange(1, n + 1) / n)):
                 res = kin.solve(start + s * (target.position - start), target.rotation, q,
                                 restarts=2, position_tolerance=1e-5,
-                                orientation_tolerance=1e-4)
+                                orientation_tolerance=1e-4, posture=q)
                 if not res.success or np.max(np.abs(res.q - q)) > cfg.max_joint_jump:
                     raise PolicyError(f"the straight move '{description}' leaves the "
                                       f"{_arm_word(arm)}'s reach")
