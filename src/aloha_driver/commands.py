@@ -40,6 +40,11 @@ class HeldCommand:
     def dim(self) -> int:
         return len(self.joint_names)
 
+    @property
+    def following(self) -> bool:
+        """Whether a trajectory is still being followed (`target` ends it past its last point)."""
+        return self._times is not None
+
     def reset(self, target: np.ndarray) -> None:
         """Hold `target`, dropping any trajectory."""
         target = np.asarray(target, dtype=float)

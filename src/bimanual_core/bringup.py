@@ -16,7 +16,8 @@ from typing import Any, Callable, TextIO
 
 import yaml
 
-from bimanual_core.config import StackConfig, load_stack, resolve_checkpoint, runtime_environment
+from bimanual_core.config import (StackConfig, load_embodiment, load_stack, resolve_checkpoint,
+                                  runtime_environment)
 
 
 @dataclass(frozen=True)
@@ -42,12 +43,16 @@ def node_launch_specs(stack: StackConfig | None = None, embodiment: str | None =
 
     Every node gets `embodiment` and `use_sim_time` (sim time when the simulator runs) unless its
     own entry sets them; `overrides` maps node name -> parameters that win over the config.
+    Without the simulator, nodes marked `real:<interface>` run only for the embodiment whose
+    real_driver.interface that is (the bridge to its robot).
     """
     stack = stack or load_stack()
     targets = _script_targets()
     overrides = overrides or {}
     specs = []
-    for node in stack.selected_nodes(sim=sim):
+    interface = None if sim else (load_embodiment(embodiment or stack.embodiment).real_driver
+                                  or {}).get("interface")
+    for node in stack.selected_nodes(sim=sim, real_interface=interface):
         params: dict[str, Any] = {"embodiment": embodiment or stack.embodiment,
                                   "use_sim_time": bool(sim and stack.use_sim_time)}
         params.update(node.parameters)

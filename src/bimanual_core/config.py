@@ -226,7 +226,8 @@ class NodeSpec:
     name: str
     executable: str
     parameters: dict[str, Any]
-    when: str = "always"       # "always", "sim" (only with the simulator) or "real"
+    when: str = "always"       # "always", "sim" (only with the simulator), "real", or
+                               # "real:<interface>" (the real robot whose real_driver.interface it is)
 
 
 @dataclass(frozen=True)
@@ -242,8 +243,10 @@ class StackConfig:
                 return spec
         raise ConfigError(f"no node named {name!r} in the stack config")
 
-    def selected_nodes(self, sim: bool = True) -> list[NodeSpec]:
-        wanted = {"always", "sim" if sim else "real"}
+    def selected_nodes(self, sim: bool = True, real_interface: str | None = None) -> list[NodeSpec]:
+        """The nodes to run: with the simulator, or with the real robot whose driver interface
+        (the embodiment's real_driver.interface) is `real_interface`."""
+        wanted = {"always", "sim"} if sim else {"always", "real", f"real:{real_interface}"}
         return [n for n in self.nodes if n.when in wanted]
 
 
