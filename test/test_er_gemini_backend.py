@@ -5,11 +5,8 @@ answering over ROS with it."""
 import base64
 import io
 import json
-import queue
-import threading
 import time
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +17,10 @@ from er_perception.backends import make_backend
 from er_perception.backends.base import CameraFrame, ErInputError
 from er_perception.backends.gemini import DEFAULT_MODEL, parse_answer
 from er_perception.geometry import CameraPose, from_er
+from gemini_replay import KEY, ReplayServer, api_key, error, reply_file  # noqa: F401 (fixture)
 from perception_testing import Box, node_process, render, spin_until
 
 DATA = Path(__file__).parent / "data" / "gemini_er"
-KEY = "test-key-123"
 SCENE = [
     Box("red cube", 1, (-0.08, 0.50, 0.02), (0.02, 0.02, 0.02), yaw=0.4, rgb=(220, 30, 30)),
     Box("green cube", 2, (0.02, 0.62, 0.02), (0.02, 0.02, 0.02), rgb=(30, 180, 50)),
@@ -34,69 +31,7 @@ RENDER = render(SCENE, [0.0, -0.25, 0.7], [0.0, 0.55, 0.0])
 
 
 def reply(name: str) -> tuple[int, dict, float]:
-    return 200, json.loads((DATA / name).read_text()), 0.0
-
-
-def error(code: int, status: str, message: str) -> tuple[int, dict, float]:
-    return code, {"error": {"code": code, "message": message, "status": status}}, 0.0
-
-
-class ReplayServer:
-    """Answers POSTs with queued (status, JSON body, delay_s) replies and keeps the requests."""
-
-    def __init__(self, *replies):
-        self.replies, self.requests = queue.Queue(), []
-        for r in replies:
-            self.replies.put(r)
-        self.closing = threading.Event()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.requests.append({"path": self.path, "headers": dict(self.headers),
-                                        "body": body})
-                try:
-                    status, payload, delay = server.replies.get_nowait()
-                except queue.Empty:
-                    status, payload, delay = error(500, "INTERNAL", "no reply recorded")
-                if server.closing.wait(delay):
-                    return
-                data = json.dumps(payload).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json; charset=UTF-8")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):   # the client gave up
-                    pass
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_port}"
-
-    def __enter__(self):
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc):
-        self.closing.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-    def prompt(self, i: int = -1) -> str:
-        return self.requests[i]["body"]["contents"][0]["parts"][1]["text"]
-
-
-@pytest.fixture
-def api_key(monkeypatch):
-    monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
-    monkeypatch.setenv("GEMINI_API_KEY", KEY)
-    return KEY
+    return reply_file(DATA / name)
 
 
 @contextmanager

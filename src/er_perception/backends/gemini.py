@@ -175,6 +175,60 @@ class _Found:
     size: np.ndarray | None = None
 
 
+class GeminiApi:
+    """A google-genai client for one model: the key from the environment (GOOGLE_API_KEY or
+    GEMINI_API_KEY, the first wins as in google-genai), a base URL override (a local server that
+    speaks the same REST API), per-request timeouts and retries of 5xx replies and timeouts.
+    Shared by the ER backend and the planner (agent.llm); `who` and `where` word its errors."""
+
+    def __init__(self, model: str, base_url: str = "", api_version: str = "v1beta",
+                 timeout_s: float = 10.0, retries: int = 1, who: str = "gemini",
+                 where: str = "the node"):
+        api_key = next((os.environ[v] for v in API_KEY_VARIABLES if os.environ.get(v)), None)
+        if api_key is None:
+            raise ValueError(f"{who}: no API key; set {' or '.join(API_KEY_VARIABLES)} "
+                             f"in {where}'s environment")
+        if not (isinstance(timeout_s, (int, float)) and math.isfinite(timeout_s)
+                and timeout_s > 0):
+            raise ValueError(f"{who}: timeout_s must be > 0, got {timeout_s!r}")
+        if int(retries) != retries or retries < 0:
+            raise ValueError(f"{who}: retries must be an integer >= 0, got {retries!r}")
+        if not model:
+            raise ValueError(f"{who}: model must name a model")
+        self.model, self.timeout_s, self.retries = str(model), float(timeout_s), int(retries)
+        self.where = base_url or "the Gemini API"
+        retry = types.HttpRetryOptions(attempts=self.retries + 1, initial_delay=RETRY_DELAY_S,
+                                       jitter=0.0, http_status_codes=RETRY_STATUS_CODES)
+        self.client = Client(api_key=api_key, vertexai=False, http_options=types.HttpOptions(
+            base_url=base_url or None, api_version=api_version,
+            timeout=round(self.timeout_s * 1000), retry_options=retry))   # timeout: ms
+
+    def generate(self, contents: list, config: types.GenerateContentConfig
+                 ) -> tuple[str | None, str]:
+        """The reply's text and "", or None and why there is none ("gemini: ...")."""
+        attempts = f"{self.retries + 1} attempt{'s' if self.retries else ''}"
+        try:
+            response = self.client.models.generate_content(model=self.model, contents=contents,
+                                                           config=config)
+        except errors.APIError as exc:
+            status = f" {exc.status}" if exc.status else ""
+            return None, f"gemini: HTTP {exc.code}{status}: {exc.message} ({attempts})"
+        except errors.UnknownApiResponseError as exc:
+            return None, f"gemini: unreadable response: {exc}"
+        except TIMEOUT_ERRORS:
+            return None, f"gemini: no answer within {self.timeout_s:g} s ({attempts})"
+        except REQUEST_ERRORS as exc:
+            return None, f"gemini: cannot reach {self.where}: {exc} ({attempts})"
+        text = response.text
+        if not text:
+            feedback, candidates = response.prompt_feedback, response.candidates
+            finish = candidates[0].finish_reason if candidates else None
+            why = (f"blocked: {_name(feedback.block_reason)}" if feedback and feedback.block_reason
+                   else f"finish reason {_name(finish)}")
+            return None, f"gemini: the reply has no text ({why})"
+        return text, ""
+
+
 class GeminiBackend(ErBackend):
     """Embodied reasoning by Gemini Robotics-ER over the Gemini API.
 
@@ -199,15 +253,6 @@ class GeminiBackend(ErBackend):
     def __init__(self, model: str = DEFAULT_MODEL, base_url: str = "", api_version: str = "v1beta",
                  timeout_s: float = 10.0, retries: int = 1, temperature: float = 0.5,
                  thinking_budget: int = 0, trajectory_points: int = 10):
-        api_key = next((os.environ[v] for v in API_KEY_VARIABLES if os.environ.get(v)), None)
-        if api_key is None:
-            raise ValueError(f"gemini backend: no API key; set {' or '.join(API_KEY_VARIABLES)} "
-                             "in the ER node's environment")
-        if not (isinstance(timeout_s, (int, float)) and math.isfinite(timeout_s)
-                and timeout_s > 0):
-            raise ValueError(f"gemini backend: timeout_s must be > 0, got {timeout_s!r}")
-        if int(retries) != retries or retries < 0:
-            raise ValueError(f"gemini backend: retries must be an integer >= 0, got {retries!r}")
         if not 0 <= temperature <= 2:
             raise ValueError(f"gemini backend: temperature must be in 0..2, got {temperature!r}")
         if int(thinking_budget) != thinking_budget or thinking_budget < -1:
@@ -215,16 +260,11 @@ class GeminiBackend(ErBackend):
                              f"{thinking_budget!r}")
         if trajectory_points < 2:
             raise ValueError("gemini backend: trajectory_points must be >= 2")
-        if not model:
-            raise ValueError("gemini backend: model must name a model")
-        self.model, self.timeout_s, self.retries = str(model), float(timeout_s), int(retries)
+        self.api = GeminiApi(model, base_url, api_version, timeout_s, retries, "gemini backend",
+                             "the ER node")
+        self.model, self.timeout_s = self.api.model, self.api.timeout_s
+        self.retries = self.api.retries
         self.trajectory_points = int(trajectory_points)
-        self._where = base_url or "the Gemini API"
-        retry = types.HttpRetryOptions(attempts=self.retries + 1, initial_delay=RETRY_DELAY_S,
-                                       jitter=0.0, http_status_codes=RETRY_STATUS_CODES)
-        self._client = Client(api_key=api_key, vertexai=False, http_options=types.HttpOptions(
-            base_url=base_url or None, api_version=api_version,
-            timeout=round(self.timeout_s * 1000), retry_options=retry))   # timeout: ms
         self._config = types.GenerateContentConfig(
             temperature=float(temperature),
             thinking_config=types.ThinkingConfig(thinking_budget=int(thinking_budget)))
@@ -237,26 +277,9 @@ class GeminiBackend(ErBackend):
         buffer = io.BytesIO()
         Image.fromarray(frame.rgb).save(buffer, format="JPEG", quality=JPEG_QUALITY)
         image = types.Part.from_bytes(data=buffer.getvalue(), mime_type="image/jpeg")
-        attempts = f"{self.retries + 1} attempt{'s' if self.retries else ''}"
-        try:
-            response = self._client.models.generate_content(
-                model=self.model, contents=[image, prompt], config=self._config)
-        except errors.APIError as exc:
-            status = f" {exc.status}" if exc.status else ""
-            return [], f"gemini: HTTP {exc.code}{status}: {exc.message} ({attempts})"
-        except errors.UnknownApiResponseError as exc:
-            return [], f"gemini: unreadable response: {exc}"
-        except TIMEOUT_ERRORS:
-            return [], f"gemini: no answer within {self.timeout_s:g} s ({attempts})"
-        except REQUEST_ERRORS as exc:
-            return [], f"gemini: cannot reach {self._where}: {exc} ({attempts})"
-        text = response.text
-        if not text:
-            feedback, candidates = response.prompt_feedback, response.candidates
-            finish = candidates[0].finish_reason if candidates else None
-            why = (f"blocked: {_name(feedback.block_reason)}" if feedback and feedback.block_reason
-                   else f"finish reason {_name(finish)}")
-            return [], f"gemini: the reply has no text ({why})"
+        text, why = self.api.generate([image, prompt], self._config)
+        if text is None:
+            return [], why
         try:
             items, problems = parse_answer(text, key, arity)
         except AnswerFormatError as exc:

