@@ -1,0 +1,348 @@
+"""The real-robot bridges as their own processes, against fake robots on the real topic names.
+
+The fake robots use the test interface packages (test/interfaces/: the same message and action
+definitions as interbotix_xs_msgs and franka_msgs), so these tests check the wire contract: topic
+names, message types, field values (group and joint names, joint order, gripper units), the
+command rate, joint state merging, refusal before state, and the error without the package.
+"""
+import io
+import time
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+from rclpy.action import ActionServer
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, JointState
+from std_msgs.msg import Float64MultiArray
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from bimanual_core.config import load_embodiment
+from bimanual_core.ros_conversions import (RELIABLE_QOS, SENSOR_QOS, duration_to_sec,
+                                           image_to_numpy, sec_to_duration, time_to_sec)
+from perception_testing import node_process
+from robot_interfaces_testing import load_test_interfaces, with_test_interfaces
+
+pytestmark = pytest.mark.slow
+ALOHA = load_embodiment("aloha2")
+FRANKA = load_embodiment("franka_duo")
+TIMEOUT_S = 20.0
+VX300S_STATE = ["waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate",
+                "gripper", "left_finger", "right_finger"]
+
+
+class FakeRobot:
+    """A node in the test process standing in for the robot and for the stack's decoder."""
+
+    def __init__(self, context, emb):
+        self.emb = emb
+        self.node = Node("fake_robot", context=context)
+        self.executor = SingleThreadedExecutor(context=context)
+        self.executor.add_node(self.node)
+        self.merged: list[JointState] = []
+        self.node.create_subscription(JointState, emb.driver["joint_states_topic"],
+                                      self.merged.append, RELIABLE_QOS)
+        self.position_pub = self.node.create_publisher(
+            Float64MultiArray, emb.driver["forward_position_topic"], RELIABLE_QOS)
+        self.trajectory_pub = self.node.create_publisher(
+            JointTrajectory, emb.driver["joint_trajectory_topic"], RELIABLE_QOS)
+        self.state_pubs: dict[str, object] = {}
+
+    def record(self, msg_type, topic, qos=RELIABLE_QOS):
+        got: list = []
+        self.node.create_subscription(msg_type, topic,
+                                      lambda m: got.append((time.monotonic(), m)), qos)
+        return got
+
+    def publish_state(self, topic, names, positions, velocities=None):
+        if topic not in self.state_pubs:
+            self.state_pubs[topic] = self.node.create_publisher(JointState, topic, RELIABLE_QOS)
+        msg = JointState(name=names, position=[float(p) for p in positions],
+                         velocity=[float(v) for v in (velocities or [0.0] * len(names))],
+                         effort=[0.0] * len(names))
+        msg.header.stamp = self.node.get_clock().now().to_msg()
+        self.state_pubs[topic].publish(msg)
+
+    def spin_for(self, seconds, step=None, period=0.02):
+        end = time.monotonic() + seconds
+        next_step = 0.0
+        while time.monotonic() < end:
+            if step is not None and time.monotonic() >= next_step:
+                step()
+                next_step = time.monotonic() + period
+            self.executor.spin_once(timeout_sec=0.002)
+
+    def spin_until(self, predicate, what, step=None, timeout=TIMEOUT_S, period=0.02):
+        end = time.monotonic() + timeout
+        next_step = 0.0
+        while time.monotonic() < end:
+            if step is not None and time.monotonic() >= next_step:
+                step()
+                next_step = time.monotonic() + period
+            self.executor.spin_once(timeout_sec=0.002)
+            if predicate():
+                return
+        pytest.fail(f"timed out waiting for {what}")
+
+    def send_position(self, values):
+        self.position_pub.publish(Float64MultiArray(data=[float(v) for v in values]))
+
+
+def distinct_target(emb, gripper):
+    """A target whose every joint has its own value inside the limits (order errors show)."""
+    t = emb.home.copy()
+    for k, i in enumerate(j for j in range(emb.action_dim) if j not in emb.gripper_indices):
+        t[i] = np.clip(t[i] + 0.05 * (k + 1) * (-1) ** k, emb.lower[i] + 0.01, emb.upper[i] - 0.01)
+    t[emb.gripper_indices] = gripper
+    return t
+
+
+# --- ALOHA 2 through xs_sdk -----------------------------------------------------------------------
+
+@pytest.fixture
+def xs_sdk_robot(ros_context, monkeypatch, tmp_path):
+    load_test_interfaces()
+    from interbotix_xs_msgs.msg import JointGroupCommand, JointSingleCommand
+    with_test_interfaces(monkeypatch)
+    robot = FakeRobot(ros_context, ALOHA)
+    robot.group = {ns: robot.record(JointGroupCommand, f"{ns}/commands/joint_group")
+                   for ns in ("/follower_left", "/follower_right")}
+    robot.single = {ns: robot.record(JointSingleCommand, f"{ns}/commands/joint_single")
+                    for ns in ("/follower_left", "/follower_right")}
+    log = tmp_path / "xs_sdk_bridge.log"
+    with node_process("xs_sdk_bridge_node", {"embodiment": "aloha2"}, log):
+        robot.spin_until(lambda: robot.position_pub.get_subscription_count() > 0,
+                         "the bridge to subscribe to the stack's commands")
+        yield robot, log
+    robot.node.destroy_node()
+
+
+def aloha_follower_states(robot, left_arm, right_arm, left_finger, right_finger):
+    def step():
+        for ns, arm, finger in (("/follower_left", left_arm, left_finger),
+                                ("/follower_right", right_arm, right_finger)):
+            robot.publish_state(f"{ns}/joint_states", VX300S_STATE,
+                                list(arm) + [1.0, finger, -finger])
+    return step
+
+
+def test_xs_sdk_bridge_refuses_before_state_then_speaks_xs_sdk(xs_sdk_robot):
+    robot, log = xs_sdk_robot
+    target = distinct_target(ALOHA, gripper=0.25)
+    # No joint states yet: stack commands must not reach the robot.
+    robot.spin_for(1.0, step=lambda: robot.send_position(target))
+    assert not any(robot.group.values()) and not any(robot.single.values())
+    assert "command refused: no joint state yet" in log.read_text()
+
+    left = [0.1, -0.5, 0.6, 0.05, -0.2, 0.3]
+    right = [-0.1, -0.4, 0.7, -0.05, -0.25, -0.3]
+    states = aloha_follower_states(robot, left, right, 0.0579, 0.0440 + 0.0139 / 4)
+    robot.spin_until(lambda: len(robot.merged) > 0, "the merged joint state", step=states)
+    merged = robot.merged[-1]
+    assert list(merged.name) == ALOHA.joint_names
+    assert list(merged.position) == pytest.approx(left + [1.0] + right + [0.25], abs=1e-6)
+
+    robot.spin_until(lambda: all(robot.group.values()) and all(robot.single.values()),
+                     "xs_sdk commands", step=lambda: (states(), robot.send_position(target)))
+    for ns, arm in (("/follower_left", "left_arm"), ("/follower_right", "right_arm")):
+        group = robot.group[ns][-1][1]
+        assert group.name == "arm"
+        assert list(group.cmd) == pytest.approx(target[ALOHA.arm_indices(arm)], abs=1e-6)
+        single = robot.single[ns][-1][1]
+        assert single.name == "gripper"
+        assert single.cmd == pytest.approx(0.6197 + 0.25 * (1.6214 - 0.6197), abs=1e-5)
+
+
+def test_xs_sdk_bridge_samples_a_trajectory_at_50_hz_and_stops_on_stale_state(xs_sdk_robot):
+    robot, log = xs_sdk_robot
+    home = ALOHA.home
+    states = aloha_follower_states(robot, home[:6], home[7:13], 0.0579, 0.0579)
+    robot.spin_until(lambda: len(robot.merged) > 0, "the merged joint state", step=states)
+    goal = home.copy()
+    goal[0] += 0.5                                   # left waist turns 0.5 rad in 1 s
+    traj = JointTrajectory(joint_names=ALOHA.joint_names, points=[
+        JointTrajectoryPoint(positions=goal.tolist(), time_from_start=sec_to_duration(1.0))])
+    robot.trajectory_pub.publish(traj)
+    robot.spin_for(1.5, step=states)
+    left = [(t, m.cmd[0]) for t, m in robot.group["/follower_left"]]
+    assert len(left) >= 30, f"only {len(left)} group commands in 1.5 s"
+    times, waist = np.array(left).T
+    assert np.median(np.diff(times)) == pytest.approx(0.02, abs=0.006)   # 50 Hz
+    assert np.all(np.diff(waist) >= -1e-6) and waist[-1] == pytest.approx(goal[0], abs=1e-5)
+    assert waist[0] < home[0] + 0.1                  # it started from where the arm was
+
+    # The state falls silent: a new trajectory is refused, nothing more is sent.
+    robot.spin_for(ALOHA.real_driver["state_timeout_s"] + 0.3)
+    sent = len(robot.group["/follower_left"])
+    robot.trajectory_pub.publish(traj)
+    robot.spin_for(0.5)
+    assert len(robot.group["/follower_left"]) == sent
+    assert "joint states older than" in log.read_text()
+
+
+def test_bridges_without_their_robots_package_exit_with_a_clear_error(ros_domain, tmp_path):
+    """The stack's own environment lacks interbotix_xs_msgs and franka_msgs (as on a machine
+    without the robot's workspace sourced): the node must say which package is missing."""
+    for exe, package in (("xs_sdk_bridge_node", "interbotix_xs_msgs"),
+                         ("franka_bridge_node", "franka_msgs")):
+        log = tmp_path / f"{exe}.log"
+        with pytest.raises(AssertionError, match="exited 2"):
+            with node_process(exe, {}, log) as proc:
+                proc.wait(timeout=TIMEOUT_S)
+        text = log.read_text()
+        assert f"needs the ROS 2 package '{package}'" in text, text
+
+
+# --- bi-arm Franka through franka_ros2 -----------------------------------------------------------
+
+@pytest.fixture
+def franka_robot(ros_context, monkeypatch, tmp_path):
+    load_test_interfaces()
+    from franka_msgs.action import Grasp, Move
+    with_test_interfaces(monkeypatch)
+    robot = FakeRobot(ros_context, FRANKA)
+    robot.traj = {ns: robot.record(JointTrajectory, f"{ns}/joint_trajectory_controller/joint_trajectory")
+                  for ns in ("/left", "/right")}
+    robot.goals = {(ns, kind): [] for ns in ("/left", "/right") for kind in ("grasp", "move")}
+
+    def server(ns, kind, action):
+        def execute(handle):
+            robot.goals[(ns, kind)].append(handle.request)
+            handle.succeed()
+            return action.Result(success=True)
+        return ActionServer(robot.node, action, f"{ns}/franka_gripper/{kind}", execute)
+    robot.servers = [server(ns, "grasp", Grasp) for ns in ("/left", "/right")] + [
+        server(ns, "move", Move) for ns in ("/left", "/right")]
+    log = tmp_path / "franka_bridge.log"
+    with node_process("franka_bridge_node", {"embodiment": "franka_duo"}, log):
+        robot.spin_until(lambda: robot.position_pub.get_subscription_count() > 0,
+                         "the bridge to subscribe to the stack's commands")
+        yield robot, log
+    for s in robot.servers:
+        s.destroy()
+    robot.node.destroy_node()
+
+
+def franka_states(robot, target, finger):
+    def step():
+        for ns, arm, prefix in (("/left", "left_arm", "left_"), ("/right", "right_arm", "right_")):
+            robot.publish_state(f"{ns}/franka/joint_states",
+                                [f"{prefix}fr3_joint{k}" for k in range(1, 8)],
+                                target[FRANKA.arm_indices(arm)])
+            robot.publish_state(f"{ns}/franka_gripper/joint_states",
+                                [f"{prefix}fr3_finger_joint1", f"{prefix}fr3_finger_joint2"],
+                                [finger, finger])
+    return step
+
+
+def test_franka_bridge_trajectories_per_arm_and_one_gripper_goal_per_crossing(franka_robot):
+    robot, log = franka_robot
+    target = distinct_target(FRANKA, gripper=1.0)
+    robot.spin_for(1.0, step=lambda: robot.send_position(target))
+    assert not any(robot.traj.values()) and not any(robot.goals.values())
+    assert "command refused: no joint state yet" in log.read_text()
+
+    states = franka_states(robot, FRANKA.home, 0.03)
+    robot.spin_until(lambda: len(robot.merged) > 0, "the merged joint state", step=states)
+    merged = robot.merged[-1]
+    assert list(merged.name) == FRANKA.joint_names
+    expect = FRANKA.home.copy()
+    expect[FRANKA.gripper_indices] = 0.75                       # 2 x 3 cm of 8 cm
+    assert list(merged.position) == pytest.approx(expect, abs=1e-6)
+
+    # Position commands: one JointTrajectory per arm and command; grippers 1 -> 0.5 -> 0.1 -> 0.9.
+    sequence = [1.0] * 5 + [0.5] * 5 + [0.1] * 10 + [0.9] * 5
+    for g in sequence:
+        t = target.copy()
+        t[FRANKA.gripper_indices] = g
+        robot.send_position(t)
+        robot.spin_for(0.02, step=states)
+    robot.spin_until(lambda: all(len(v) >= len(sequence) for v in robot.traj.values())
+                     and len(robot.goals[("/right", "move")]) >= 2, "commands and goals",
+                     step=states)
+    for ns, arm, prefix in (("/left", "left_arm", "left_"), ("/right", "right_arm", "right_")):
+        msgs = [m for _, m in robot.traj[ns]]
+        assert len(msgs) == len(sequence)
+        last = msgs[-1]
+        assert list(last.joint_names) == [f"{prefix}fr3_joint{k}" for k in range(1, 8)]
+        assert len(last.points) == 1
+        assert list(last.points[0].positions) == pytest.approx(target[FRANKA.arm_indices(arm)])
+        assert duration_to_sec(last.points[0].time_from_start) == pytest.approx(0.02)
+        moves, grasps = robot.goals[(ns, "move")], robot.goals[(ns, "grasp")]
+        assert len(moves) == 2 and len(grasps) == 1, (len(moves), len(grasps))
+        assert moves[0].width == pytest.approx(0.08) and moves[0].speed == pytest.approx(0.1)
+        g = grasps[0]
+        assert (g.width, g.force, g.speed) == pytest.approx((0.0, 40.0, 0.1))
+        assert (g.epsilon.inner, g.epsilon.outer) == pytest.approx((0.0, 0.08))
+
+
+def test_franka_bridge_splits_a_stack_trajectory_per_arm(franka_robot):
+    robot, _ = franka_robot
+    states = franka_states(robot, FRANKA.home, 0.04)
+    robot.spin_until(lambda: len(robot.merged) > 0, "the merged joint state", step=states)
+    points = [FRANKA.home + 0.01 * (k + 1) for k in range(3)]
+    for p in points:
+        p[FRANKA.gripper_indices] = 1.0
+    traj = JointTrajectory(joint_names=FRANKA.joint_names, points=[
+        JointTrajectoryPoint(positions=p.tolist(), time_from_start=sec_to_duration(0.1 * (k + 1)))
+        for k, p in enumerate(points)])
+    robot.spin_until(lambda: all(robot.traj.values()), "per-arm trajectories",
+                     step=lambda: (states(), robot.trajectory_pub.publish(traj)), period=0.2)
+    for ns, arm in (("/left", "left_arm"), ("/right", "right_arm")):
+        msg = robot.traj[ns][-1][1]
+        assert [duration_to_sec(p.time_from_start) for p in msg.points] == pytest.approx(
+            [0.1, 0.2, 0.3])
+        assert [list(p.positions) for p in msg.points] == [
+            pytest.approx(p[FRANKA.arm_indices(arm)]) for p in points]
+
+
+# --- cameras -----------------------------------------------------------------------------------------
+
+def test_camera_bridge_decodes_compressed_streams_onto_the_stack_topics(ros_context, tmp_path):
+    node = Node("fake_realsense", context=ros_context)
+    executor = SingleThreadedExecutor(context=ros_context)
+    executor.add_node(node)
+    cam = ALOHA.camera("cam_left_wrist")
+    src = ALOHA.real_driver["cameras"]["cam_left_wrist"]
+    images, infos = [], []
+    node.create_subscription(Image, cam.image_topic, images.append, SENSOR_QOS)
+    node.create_subscription(CameraInfo, cam.info_topic, infos.append, SENSOR_QOS)
+    jpeg_pub = node.create_publisher(CompressedImage, src["compressed_topic"], SENSOR_QOS)
+    info_pub = node.create_publisher(CameraInfo, src["info_topic"], SENSOR_QOS)
+    rgb = np.zeros((48, 64, 3), np.uint8)
+    rgb[:24] = (220, 40, 30)
+    rgb[24:] = (30, 60, 200)
+    buf = io.BytesIO()
+    PILImage.fromarray(rgb).save(buf, format="JPEG", quality=95)
+    frame = CompressedImage(format="rgb8; jpeg compressed bgr8", data=buf.getvalue())
+    frame.header.frame_id = "camera_wrist_left_color_optical_frame"
+    info = CameraInfo(width=64, height=48, k=[50.0, 0, 32, 0, 50, 24, 0, 0, 1])
+
+    sent = 0
+
+    def step():
+        nonlocal sent
+        frame.header.stamp = node.get_clock().now().to_msg()
+        info_pub.publish(info)
+        jpeg_pub.publish(frame)
+        sent += 1
+
+    with node_process("camera_bridge_node", {"embodiment": "aloha2"}, tmp_path / "cam.log"):
+        end = time.monotonic() + TIMEOUT_S
+        last = 0.0
+        while time.monotonic() < end and not (images and infos and sent >= 60):
+            if time.monotonic() - last > 0.01:         # 100 fps offered
+                step()
+                last = time.monotonic()
+            executor.spin_once(timeout_sec=0.002)
+    assert images and infos, "no decoded image or camera info"
+    img = images[-1]
+    assert img.encoding == "rgb8" and (img.height, img.width) == (48, 64)
+    assert img.header.frame_id == cam.frame_id
+    assert np.abs(image_to_numpy(img).astype(int) - rgb).mean() < 4
+    assert list(infos[-1].k) == pytest.approx(info.k)
+    assert any(time_to_sec(i.header.stamp) == time_to_sec(img.header.stamp) for i in infos)
+    # at most camera_max_rate_hz decoded per second of the ~100 frames per second offered
+    assert len(images) < sent
+    node.destroy_node()
