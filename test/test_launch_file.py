@@ -80,3 +80,12 @@ def test_launch_arguments_reach_the_nodes(launch_module):
     assert all(p["use_sim_time"] for name, p in nodes.items() if name != "aloha_sim")
     real = {n.kwargs["name"] for n in _nodes(launch_module, sim="false")}
     assert "aloha_sim" not in real and "vla_backbone" in real
+
+
+def test_embodiment_argument_reaches_every_node(launch_module):
+    """`embodiment:=franka_duo` runs the same stack on the bi-arm Franka."""
+    nodes = _nodes(launch_module, embodiment="franka_duo")
+    expected = node_launch_specs(embodiment="franka_duo",
+                                 overrides={"aloha_sim": {"task": "pick", "seed": 0}})
+    assert [n.kwargs["parameters"] for n in nodes] == [[s.parameters] for s in expected]
+    assert {n.kwargs["parameters"][0]["embodiment"] for n in nodes} == {"franka_duo"}

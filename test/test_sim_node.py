@@ -35,26 +35,28 @@ def sim_process(ros_domain, tmp_path):
 
 
 class Probe:
-    """A node in the test process recording what the simulator publishes."""
+    """A node in the test process recording what the simulator of `emb` publishes."""
 
-    def __init__(self, context):
+    def __init__(self, context, emb=EMB, camera="cam_high"):
+        self.emb = emb
         self.node = Node("sim_probe", context=context)
         self.executor = SingleThreadedExecutor(context=context)
         self.executor.add_node(self.node)
-        self.clock, self.joints, self.images, self.infos, self.depth, self.objects = (
-            [] for _ in range(6))
+        (self.clock, self.joints, self.images, self.infos, self.depth, self.segmentation,
+         self.objects) = ([] for _ in range(7))
         sub = self.node.create_subscription
         sub(Clock, "/clock", lambda m: self.clock.append(time_to_sec(m.clock)), RELIABLE_QOS)
-        sub(JointState, EMB.driver["joint_states_topic"], self.joints.append, RELIABLE_QOS)
-        cam = EMB.camera("cam_high")
+        sub(JointState, emb.driver["joint_states_topic"], self.joints.append, RELIABLE_QOS)
+        cam = emb.camera(camera)
         sub(Image, cam.image_topic, self.images.append, SENSOR_QOS)
         sub(CameraInfo, cam.info_topic, self.infos.append, SENSOR_QOS)
         sub(Image, cam.depth_topic, self.depth.append, SENSOR_QOS)
-        sub(SimObjectArray, EMB.simulation["objects_topic"], self.objects.append, RELIABLE_QOS)
+        sub(Image, cam.segmentation_topic, self.segmentation.append, SENSOR_QOS)
+        sub(SimObjectArray, emb.simulation["objects_topic"], self.objects.append, RELIABLE_QOS)
         self.position_pub = self.node.create_publisher(
-            Float64MultiArray, EMB.driver["forward_position_topic"], RELIABLE_QOS)
+            Float64MultiArray, emb.driver["forward_position_topic"], RELIABLE_QOS)
         self.trajectory_pub = self.node.create_publisher(
-            JointTrajectory, EMB.driver["joint_trajectory_topic"], RELIABLE_QOS)
+            JointTrajectory, emb.driver["joint_trajectory_topic"], RELIABLE_QOS)
 
     def spin_until(self, predicate, what, timeout=TIMEOUT_S, on_tick=None):
         deadline = time.monotonic() + timeout
@@ -73,7 +75,7 @@ class Probe:
                         f"{seconds} s of sim time")
 
     def position(self, joint):
-        return self.joints[-1].position[EMB.joint_names.index(joint)]
+        return self.joints[-1].position[self.emb.joint_names.index(joint)]
 
     def send_position(self, values):
         self.position_pub.publish(Float64MultiArray(data=[float(v) for v in values]))

@@ -170,6 +170,9 @@ def _panda_arm(embodiment: Embodiment, arm: str) -> mujoco.MjSpec:
     for body in ("left_finger", "right_finger"):
         for geom in panda.body(body).geoms:
             geom.friction = list(FINGER_FRICTION)
+    # The fingers' convex hulls overlap when closed; their contact would push them past each
+    # other (the real fingers stop at the joint limit), so they never collide with each other.
+    panda.add_exclude(bodyname1="left_finger", bodyname2="right_finger")
     return panda
 
 

@@ -9,6 +9,9 @@
                                           LeRobotDataset v3 (cameras, joints, commands, success)
     bimanual-vla serve --policy P         serve a policy (name or checkpoint) over the openpi
                                           websocket protocol: the "cloud backbone"
+    bimanual-vla er-data / er-train       render scenes / train the learned ER backend
+    bimanual-vla er-eval --backend B      pointing accuracy, box AP50 on held-out sim scenes
+    bimanual-vla er-erqa --backend B      ERQA-format multiple-choice accuracy
 
 Exit codes: 0 success, 1 the instruction or the stack failed, 2 bad usage or no stack reachable,
 130 interrupted.
@@ -90,15 +93,20 @@ def cmd_instruct(args) -> int:
     from bimanual_core.client import StackClient, format_feedback
     with StackClient(args.embodiment) as client:
         try:
+            program = Path(args.program).read_text() if args.program else ""
             outcome = client.execute(args.instruction, task=args.task, policy=args.policy,
                                      time_limit_s=args.time_limit,
                                      on_feedback=lambda fb: print(format_feedback(fb), flush=True),
-                                     server_timeout=args.server_timeout)
+                                     server_timeout=args.server_timeout, planner=args.planner,
+                                     program=program, step_retries=args.retries)
         except KeyboardInterrupt:
             print("\ncanceled: the robot stops and holds its position", file=sys.stderr)
             return EXIT_INTERRUPTED
-    print(f"result: {'SUCCESS' if outcome.success else 'FAILURE'} ({outcome.status}) "
-          f"in {outcome.duration_s:.1f} s: {outcome.reason}"
+    if len(outcome.steps) > 1:
+        print(f"plan ({outcome.planner}): " + "; ".join(outcome.steps)
+              + f" -- {outcome.steps_succeeded} of {len(outcome.steps)} steps succeeded")
+    print(f"result: {'SUCCESS' if outcome.success else 'REFUSED' if outcome.refused else 'FAILURE'}"
+          f" ({outcome.status}) in {outcome.duration_s:.1f} s: {outcome.reason}"
           + (f" [checked by {outcome.success_check}]" if outcome.success_check else ""))
     if outcome.status == "unreachable":
         return EXIT_USAGE
@@ -174,7 +182,8 @@ def cmd_demo(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from bimanual_core.eval_runner import default_output, run_evaluation
-    out = Path(args.out) if args.out else default_output(args.policy, args.task)
+    out = Path(args.out) if args.out else default_output(args.policy, args.task,
+                                                         args.embodiment)
     report = run_evaluation(args.policy, args.task, args.episodes, args.seed, args.embodiment,
                             _parse_overrides(args.set), out=out, time_limit_s=args.time_limit,
                             log_dir=args.log_dir, ready_timeout_s=args.ready_timeout)
@@ -417,6 +426,12 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--task", default="", help="task hint (pick, place, handover)")
     ins.add_argument("--policy", default="", help="backbone policy for this goal")
     ins.add_argument("--time-limit", type=float, default=0.0, help="seconds (0 = server default)")
+    ins.add_argument("--planner", default="", choices=["", "rule", "transformers", "gemini"],
+                     help="planner of long instructions (default: the server's)")
+    ins.add_argument("--program", default="", help="a code-as-policy program file to run instead "
+                     "of planning (robot API: agent.program)")
+    ins.add_argument("--retries", type=int, default=-1,
+                     help="retries of a failed step (-1 = server default)")
     ins.add_argument("--server-timeout", type=float, default=30.0,
                      help="seconds to wait for the action server")
     ins.add_argument("--embodiment", default="aloha2")
@@ -464,7 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="closed-loop success rate of a policy on a simulated task")
     _add_episode_args(ev, seed=0, log_name="eval")
     ev.add_argument("--out", default=None,
-                    help="JSON path, .md beside it (default bench/results/eval_<policy>_<task>.json)")
+                    help="JSON path, .md beside it (default bench/results/eval_<policy>_<task>.json; "
+                         "_<embodiment> before .json for one other than stack.yaml's)")
     ev.set_defaults(func=cmd_evaluate)
 
     from vla_data.collection import DEMO_SEED_BASE
@@ -488,6 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--embodiment", default=None,
                      help="config/<name>.yaml (default from stack.yaml)")
     srv.set_defaults(func=cmd_serve)
+
+    from er_perception.learned.commands import add_er_commands   # er-data/-train/-eval/-erqa
+    add_er_commands(sub)
     return parser
 
 

@@ -4,7 +4,9 @@ The zero-shot planner turns Cartesian grasp waypoints into joint targets with th
 joints, limits and home pose come from the embodiment config, its end effector is the model site
 named by `arms.<arm>.end_effector_site`, so nothing about the robot is hard-coded here. IK is
 damped least squares on `mujoco.mj_jacSite`, with joint limits enforced and a null-space bias
-toward the home pose so that, of the many solutions, one near the robot's natural posture is found.
+toward the home pose so that, of the many solutions, one near the robot's natural posture is found;
+for a redundant arm (the Franka's 7 joints) a tracked path biases toward its previous sample instead
+(`posture`), so the arm does not drift along its null space between samples.
 
 Frames: a gripper site's x axis points along the approach direction (out of the palm between the
 fingertips) and its y axis along the fingers' closing direction.
