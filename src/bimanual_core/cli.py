@@ -9,9 +9,6 @@
                                           LeRobotDataset v3 (cameras, joints, commands, success)
     bimanual-vla serve --policy P         serve a policy (name or checkpoint) over the openpi
                                           websocket protocol: the "cloud backbone"
-    bimanual-vla er-data / er-train       render scenes / train the learned ER backend
-    bimanual-vla er-eval --backend B      pointing accuracy, box AP50 on held-out sim scenes
-    bimanual-vla er-erqa --backend B      ERQA-format multiple-choice accuracy
 
 Exit codes: 0 success, 1 the instruction or the stack failed, 2 bad usage or no stack reachable,
 130 interrupted.
@@ -93,20 +90,15 @@ def cmd_instruct(args) -> int:
     from bimanual_core.client import StackClient, format_feedback
     with StackClient(args.embodiment) as client:
         try:
-            program = Path(args.program).read_text() if args.program else ""
             outcome = client.execute(args.instruction, task=args.task, policy=args.policy,
                                      time_limit_s=args.time_limit,
                                      on_feedback=lambda fb: print(format_feedback(fb), flush=True),
-                                     server_timeout=args.server_timeout, planner=args.planner,
-                                     program=program, step_retries=args.retries)
+                                     server_timeout=args.server_timeout)
         except KeyboardInterrupt:
             print("\ncanceled: the robot stops and holds its position", file=sys.stderr)
             return EXIT_INTERRUPTED
-    if len(outcome.steps) > 1:
-        print(f"plan ({outcome.planner}): " + "; ".join(outcome.steps)
-              + f" -- {outcome.steps_succeeded} of {len(outcome.steps)} steps succeeded")
-    print(f"result: {'SUCCESS' if outcome.success else 'REFUSED' if outcome.refused else 'FAILURE'}"
-          f" ({outcome.status}) in {outcome.duration_s:.1f} s: {outcome.reason}"
+    print(f"result: {'SUCCESS' if outcome.success else 'FAILURE'} ({outcome.status}) "
+          f"in {outcome.duration_s:.1f} s: {outcome.reason}"
           + (f" [checked by {outcome.success_check}]" if outcome.success_check else ""))
     if outcome.status == "unreachable":
         return EXIT_USAGE
@@ -426,12 +418,6 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--task", default="", help="task hint (pick, place, handover)")
     ins.add_argument("--policy", default="", help="backbone policy for this goal")
     ins.add_argument("--time-limit", type=float, default=0.0, help="seconds (0 = server default)")
-    ins.add_argument("--planner", default="", choices=["", "rule", "transformers", "gemini"],
-                     help="planner of long instructions (default: the server's)")
-    ins.add_argument("--program", default="", help="a code-as-policy program file to run instead "
-                     "of planning (robot API: agent.program)")
-    ins.add_argument("--retries", type=int, default=-1,
-                     help="retries of a failed step (-1 = server default)")
     ins.add_argument("--server-timeout", type=float, default=30.0,
                      help="seconds to wait for the action server")
     ins.add_argument("--embodiment", default="aloha2")
@@ -504,9 +490,6 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--embodiment", default=None,
                      help="config/<name>.yaml (default from stack.yaml)")
     srv.set_defaults(func=cmd_serve)
-
-    from er_perception.learned.commands import add_er_commands   # er-data/-train/-eval/-erqa
-    add_er_commands(sub)
     return parser
 
 
