@@ -41,7 +41,9 @@ def load_test_interfaces() -> None:
 
 
 def with_test_interfaces(monkeypatch) -> None:
-    """Export the test interfaces to the processes this test starts (PYTHONPATH, LD_LIBRARY_PATH)."""
+    """The test interfaces in this process and in the processes this test starts (exported on
+    PYTHONPATH and LD_LIBRARY_PATH)."""
+    load_test_interfaces()
     site = str(_site_packages())
     for var, value in (("PYTHONPATH", site), ("LD_LIBRARY_PATH", str(PREFIX / "lib"))):
         old = os.environ.get(var)

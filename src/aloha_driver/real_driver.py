@@ -57,18 +57,17 @@ class LinearScale:
         return float(raw_rate) / self.span
 
 
-def _section(emb: Embodiment, interface: str) -> dict:
+def _read(emb: Embodiment, interface: str, *keys: str) -> tuple[dict, dict[str, str], dict[str, str]]:
+    """The real_driver section (checked to be `interface`'s and to hold `keys` and a gripper),
+    its joint map and its namespace per arm."""
     rd = emb.real_driver or {}
     if rd.get("interface") != interface:
         raise ConfigError(f"{emb.name}: real_driver.interface is {rd.get('interface')!r}, not "
                           f"{interface!r}; the {interface} bridge cannot drive this embodiment")
-    return rd
-
-
-def _require(rd: dict, emb: Embodiment, *keys: str) -> None:
-    missing = [k for k in keys if k not in rd]
+    missing = [k for k in (*keys, "gripper") if k not in rd]
     if missing:
         raise ConfigError(f"{emb.name}: real_driver lacks {', '.join(missing)}")
+    return rd, _joint_map(rd, emb), _namespaces(rd, emb)
 
 
 def _number(rd: dict, emb: Embodiment, key: str, positive: bool = True) -> float:
@@ -142,10 +141,8 @@ class XsSdkContract:
 
     @classmethod
     def from_embodiment(cls, emb: Embodiment) -> "XsSdkContract":
-        rd = _section(emb, "xs_sdk")
-        _require(rd, emb, "joint_states_topic", "joint_group_topic", "joint_single_topic",
-                 "arm_group", "arm_group_joints", "gripper")
-        jm, namespaces = _joint_map(rd, emb), _namespaces(rd, emb)
+        rd, jm, namespaces = _read(emb, "xs_sdk", "joint_states_topic", "joint_group_topic",
+                                   "joint_single_topic", "arm_group", "arm_group_joints")
         group_joints = tuple(str(j) for j in rd["arm_group_joints"])
         g = rd["gripper"]
         try:
@@ -236,10 +233,9 @@ class FrankaContract:
 
     @classmethod
     def from_embodiment(cls, emb: Embodiment) -> "FrankaContract":
-        rd = _section(emb, "franka_ros2")
-        _require(rd, emb, "trajectory_topic", "arm_joint_states_topic", "gripper_namespace",
-                 "gripper_joint_states_topic", "gripper")
-        jm, namespaces = _joint_map(rd, emb), _namespaces(rd, emb)
+        rd, jm, namespaces = _read(emb, "franka_ros2", "trajectory_topic",
+                                   "arm_joint_states_topic", "gripper_namespace",
+                                   "gripper_joint_states_topic")
         g = rd["gripper"]
         try:
             state = LinearScale(float(g["state_closed"]), float(g["state_open"]))
