@@ -211,3 +211,16 @@ def test_real_bring_up_starts_the_bridge_of_the_embodiments_interface(embodiment
     assert all(s.parameters["embodiment"] == embodiment for s in specs.values())
     sim = {s.name for s in node_launch_specs(embodiment=embodiment, sim=True)}
     assert "real_driver" not in sim and "real_cameras" not in sim
+
+
+def test_a_robot_with_the_ros2_control_topics_needs_no_bridge(tmp_path):
+    """`real_driver.interface: ros2_control`: the robot serves the `driver:` topics itself."""
+    import yaml
+    from bimanual_core.config import config_dir
+    data = yaml.safe_load((config_dir() / "aloha2.yaml").read_text())
+    data["real_driver"]["interface"] = "ros2_control"
+    path = tmp_path / "aloha2_ros2_control.yaml"
+    path.write_text(yaml.safe_dump(data))
+    names = {s.name for s in node_launch_specs(embodiment=str(path), sim=False)}
+    assert "real_driver" not in names and "aloha_sim" not in names
+    assert {"real_cameras", "action_decoder", "camera_perception"} <= names
