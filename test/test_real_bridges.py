@@ -346,3 +346,49 @@ def test_camera_bridge_decodes_compressed_streams_onto_the_stack_topics(ros_cont
     # at most camera_max_rate_hz frames decoded per second, however many are offered
     assert 1 <= len(images) - first <= rate * elapsed + 2, (len(images) - first, sent, elapsed)
     node.destroy_node()
+
+
+def test_real_bring_up_turns_the_robots_streams_into_observations(ros_context, monkeypatch,
+                                                                  tmp_path):
+    """`up --real` for ALOHA 2, as far as perception: the bring-up's own specs start the xs_sdk
+    bridge, the camera bridge and camera_perception; a fake ALOHA 2 publishes only what the real
+    one does (follower joint states, compressed RealSense streams), and observations come out
+    with every camera and the joint state in the embodiment's order."""
+    from bimanual_core.bringup import StackProcesses, node_launch_specs
+    from bimanual_core.config import load_stack
+    from bimanual_vla.msg import Observation
+    with_test_interfaces(monkeypatch)
+    robot = FakeRobot(ros_context, ALOHA)
+    observations = robot.record(Observation, load_stack().interfaces["observation_topic"])
+    wanted = {"real_driver", "real_cameras", "camera_perception"}
+    specs = [s for s in node_launch_specs(embodiment="aloha2", sim=False) if s.name in wanted]
+    assert {s.name for s in specs} == wanted
+    frames = {}
+    for name, src in ALOHA.real_driver["cameras"].items():
+        buf = io.BytesIO()
+        PILImage.fromarray(np.full((48, 64, 3), 40 * len(frames) + 20, np.uint8)).save(
+            buf, format="JPEG")
+        frames[name] = (robot.node.create_publisher(CompressedImage, src["compressed_topic"],
+                                                    SENSOR_QOS),
+                        CompressedImage(format="rgb8; jpeg compressed bgr8", data=buf.getvalue()))
+    arm = ALOHA.home[:6]
+    states = aloha_follower_states(robot, arm, arm, 0.0579, 0.0440)
+
+    def step():
+        states()
+        stamp = robot.node.get_clock().now().to_msg()
+        for pub, msg in frames.values():
+            msg.header.stamp = stamp
+            pub.publish(msg)
+
+    with StackProcesses(specs, tmp_path / "logs") as procs:
+        end = time.monotonic() + 60.0
+        while not observations and time.monotonic() < end and procs.failure() is None:
+            robot.spin_for(0.5, step=step, period=0.05)
+        assert observations, procs.failure() or "no observation within 60 s"
+    obs = observations[-1][1]
+    assert sorted(obs.camera_names) == sorted(ALOHA.cameras)
+    assert list(obs.joint_state.name) == ALOHA.joint_names
+    expect = ALOHA.home.copy()
+    expect[ALOHA.gripper_index("right_arm")] = 0.0
+    assert list(obs.joint_state.position) == pytest.approx(expect, abs=1e-6)
