@@ -3,57 +3,26 @@
 One stack is brought up for the module (startup costs ~20 s on 2 cores); tests that move the robot
 reset the simulated scene first.
 """
-import os
 import time
 
 import numpy as np
 import pytest
 
-from bimanual_core.bringup import StackProcesses, node_launch_specs
 from bimanual_core.client import StackClient
+from stack_testing import module_domain, object_positions, reset_scene, running_stack
 
 pytestmark = pytest.mark.slow
 
 
-def _domain() -> int:
-    return 101 - (os.getpid() % 40)
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    domain = _domain()
-    env = dict(os.environ, ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
-    specs = node_launch_specs(overrides={"aloha_sim": {"task": "pick", "seed": 3}})
-    procs = StackProcesses(specs, tmp_path_factory.mktemp("stack_logs"), env=env)
-    procs.start()
-    client = StackClient(record_camera=None, domain_id=domain)
-    try:
-        ready = client.wait_ready(120.0)
-        assert ready and not procs.dead(), {n: procs.log_tail(n) for n in procs.procs}
-        yield procs, client
-    finally:
-        client.close()
-        codes = procs.stop()
-    # Every node must shut down cleanly on SIGINT (no crash, no hang).
-    assert all(code in (0, -2) for code in codes.values()), codes
-
-
-def _reset_scene(client: StackClient) -> None:
-    from std_srvs.srv import Trigger
-    reset = client.node.create_client(Trigger, "/sim/reset")
-    assert reset.wait_for_service(timeout_sec=10.0)
-    response = client._wait(reset.call_async(Trigger.Request()), 20.0)
-    assert response is not None and response.success, response
-    client.node.destroy_client(reset)
-    time.sleep(1.0)   # a fresh observation of the new scene reaches the backbone
+    with running_stack(tmp_path_factory.mktemp("stack_logs"),
+                       {"aloha_sim": {"task": "pick", "seed": 3}}, module_domain()) as up:
+        yield up
 
 
 def _object_z(client: StackClient, label: str) -> float:
-    deadline = time.monotonic() + 10.0
-    while client.objects_last is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    msg = client.objects_last
-    return next(o.pose.position.z for o in msg.objects if o.label == label)
+    return object_positions(client)[label][2]
 
 
 @pytest.mark.parametrize("goal,reason", [
@@ -82,7 +51,7 @@ def test_unknown_object_fails_before_motion(stack):
 
 def test_cancel_stops_the_robot_and_holds(stack):
     _, client = stack
-    _reset_scene(client)
+    reset_scene(client)
     from sensor_msgs.msg import JointState
     from bimanual_core.ros_conversions import RELIABLE_QOS
     states = []
@@ -107,7 +76,7 @@ def test_cancel_stops_the_robot_and_holds(stack):
 
 def test_pick_instruction_lifts_the_cube_in_mujoco(stack):
     _, client = stack
-    _reset_scene(client)
+    reset_scene(client)
     z0 = _object_z(client, "red cube")
     feedback = []
     outcome = client.execute("pick up the red cube", time_limit_s=90.0,

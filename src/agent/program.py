@@ -5,8 +5,10 @@ perception and control APIs. Here a planner may answer with such a program. It i
 `ast` and only a whitelist runs: calls of the API functions below, literals, names, arithmetic and
 comparisons, `if`, `for` over a literal/list/range (bounded), assignments, `pass`. Imports,
 attributes (so no dunders), `while`, function or class definitions, lambdas, comprehensions,
-`exec`/`eval`/`open` and every other builtin are rejected before anything runs; the program runs
-with no builtins and with a budget of statements and wall-clock time.
+`exec`/`eval`/`open` and every other builtin are rejected before anything runs. The checked tree
+is then evaluated node by node by a small interpreter (never exec/eval), so nothing but the API
+and a few pure functions (len, range, abs, min, max, round) is reachable, within a budget of
+statements and of wall-clock time (perception calls excluded).
 
 The API (`RobotApi`):
   detect(label) -> [x, y, z] or None       where the object is (world frame, m), by ER
@@ -187,7 +189,8 @@ class RobotApi:
 
 
 class _Budget:
-    """Counts executed statements and loop iterations; raises past the limits."""
+    """Counts executed statements and the program's own time (API calls, which wait for
+    perception, do not count); raises past the limits."""
 
     def __init__(self, max_statements: int, time_limit_s: float):
         self.left, self.limit = max_statements, time_limit_s
@@ -287,10 +290,14 @@ class _Interpreter:
             kwargs = {k.arg: self.expr(k.value) for k in node.keywords if k.arg}
             if len(kwargs) != len(node.keywords):
                 raise ProgramError(f"line {node.lineno}: **arguments are not allowed")
+            started = time.monotonic()
             try:
                 return self.functions[node.func.id](*args, **kwargs)
             except TypeError as exc:
                 raise ProgramError(f"line {node.lineno}: {node.func.id}(): {exc}") from None
+            finally:    # waiting for perception is not the program's time
+                if node.func.id in API_FUNCTIONS:
+                    self.budget.deadline += time.monotonic() - started
         if isinstance(node, ast.BoolOp):
             value = None
             for v in node.values:

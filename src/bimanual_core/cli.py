@@ -90,15 +90,20 @@ def cmd_instruct(args) -> int:
     from bimanual_core.client import StackClient, format_feedback
     with StackClient(args.embodiment) as client:
         try:
+            program = Path(args.program).read_text() if args.program else ""
             outcome = client.execute(args.instruction, task=args.task, policy=args.policy,
                                      time_limit_s=args.time_limit,
                                      on_feedback=lambda fb: print(format_feedback(fb), flush=True),
-                                     server_timeout=args.server_timeout)
+                                     server_timeout=args.server_timeout, planner=args.planner,
+                                     program=program, step_retries=args.retries)
         except KeyboardInterrupt:
             print("\ncanceled: the robot stops and holds its position", file=sys.stderr)
             return EXIT_INTERRUPTED
-    print(f"result: {'SUCCESS' if outcome.success else 'FAILURE'} ({outcome.status}) "
-          f"in {outcome.duration_s:.1f} s: {outcome.reason}"
+    if len(outcome.steps) > 1:
+        print(f"plan ({outcome.planner}): " + "; ".join(outcome.steps)
+              + f" -- {outcome.steps_succeeded} of {len(outcome.steps)} steps succeeded")
+    print(f"result: {'SUCCESS' if outcome.success else 'REFUSED' if outcome.refused else 'FAILURE'}"
+          f" ({outcome.status}) in {outcome.duration_s:.1f} s: {outcome.reason}"
           + (f" [checked by {outcome.success_check}]" if outcome.success_check else ""))
     if outcome.status == "unreachable":
         return EXIT_USAGE
@@ -418,6 +423,12 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--task", default="", help="task hint (pick, place, handover)")
     ins.add_argument("--policy", default="", help="backbone policy for this goal")
     ins.add_argument("--time-limit", type=float, default=0.0, help="seconds (0 = server default)")
+    ins.add_argument("--planner", default="", choices=["", "rule", "transformers", "gemini"],
+                     help="planner of long instructions (default: the server's)")
+    ins.add_argument("--program", default="", help="a code-as-policy program file to run instead "
+                     "of planning (robot API: agent.program)")
+    ins.add_argument("--retries", type=int, default=-1,
+                     help="retries of a failed step (-1 = server default)")
     ins.add_argument("--server-timeout", type=float, default=30.0,
                      help="seconds to wait for the action server")
     ins.add_argument("--embodiment", default="aloha2")

@@ -34,6 +34,10 @@ class InstructionOutcome:
     duration_s: float
     success_check: str
     status: str          # "succeeded", "aborted", "canceled", "rejected", "unreachable", "abandoned"
+    refused: bool = False              # the server's safety screen refused the instruction
+    steps: tuple[str, ...] = ()        # the atomic steps the server planned
+    steps_succeeded: int = 0
+    planner: str = ""
 
 
 class StackClient:
@@ -99,8 +103,11 @@ class StackClient:
     def execute(self, instruction: str, task: str = "", policy: str = "", time_limit_s: float = 0.0,
                 on_feedback: Callable[[ExecuteInstruction.Feedback], None] | None = None,
                 server_timeout: float = 30.0, cancel_after_s: float | None = None,
-                give_up: Callable[[], str | None] | None = None) -> InstructionOutcome:
+                give_up: Callable[[], str | None] | None = None, planner: str = "",
+                program: str = "", step_retries: int = -1) -> InstructionOutcome:
         """Send one goal and wait for its result. Ctrl-C cancels the goal before re-raising.
+        `planner`, `program` and `step_retries` as in ExecuteInstruction.action ("" / -1: the
+        server's).
 
         `give_up` is polled while waiting: when it returns a reason (e.g. a node of the stack
         died, so no result may ever come), the goal is canceled and the outcome is "abandoned".
@@ -110,7 +117,8 @@ class StackClient:
                                       "(start the stack with `bimanual-vla up`)", 0.0, "",
                                       "unreachable")
         goal = ExecuteInstruction.Goal(instruction=instruction, task=task, policy=policy,
-                                       time_limit_s=float(time_limit_s))
+                                       time_limit_s=float(time_limit_s), planner=planner,
+                                       program=program, step_retries=int(step_retries))
         feedback_cb = (lambda fb: on_feedback(fb.feedback)) if on_feedback else None
         sent = self._action.send_goal_async(goal, feedback_callback=feedback_cb)
         handle = self._wait(sent, server_timeout)
@@ -137,7 +145,8 @@ class StackClient:
         wrapped = result_future.result()
         status = {4: "succeeded", 5: "canceled", 6: "aborted"}.get(wrapped.status, str(wrapped.status))
         r = wrapped.result
-        return InstructionOutcome(True, r.success, r.reason, r.duration_s, r.success_check, status)
+        return InstructionOutcome(True, r.success, r.reason, r.duration_s, r.success_check, status,
+                                  r.refused, tuple(r.steps), r.steps_succeeded, r.planner)
 
     def call(self, service_client, request, timeout: float):
         """Call a service through this client's node; the response, or None after `timeout`."""
@@ -166,4 +175,7 @@ class StackClient:
 
 
 def format_feedback(fb: ExecuteInstruction.Feedback) -> str:
-    return f"[{fb.elapsed_s:6.1f} s] {fb.phase:<10} {fb.progress * 100:5.1f} %  {fb.description}"
+    step = (f"step {fb.step_index + 1}/{fb.step_count}"
+            + (f" (try {fb.attempt})" if fb.attempt > 1 else "") + " ") if fb.step_count > 1 else ""
+    return (f"[{fb.elapsed_s:6.1f} s] {step}{fb.phase:<10} {fb.progress * 100:5.1f} %  "
+            f"{fb.description}")

@@ -33,11 +33,12 @@ from bimanual_core.config import load_embodiment, load_stack, load_tasks, repo_r
 from bimanual_core.evaluation import (EpisodeRecord, build_report, classify_failure,
                                       machine_description, progress_line, write_json,
                                       write_markdown)
-from bimanual_core.instructions import parse_instruction
+from bimanual_core.instructions import TASK_KINDS, TaskSpec, parse_instruction
 from bimanual_core.ros_conversions import RELIABLE_QOS, time_to_sec
 from bimanual_vla.msg import DecoderMetrics, SimObjectArray
 from bimanual_vla.srv import ErQuery
-from instruction_server.success import ObjectState, judge, load_success_criteria, object_states
+from instruction_server.success import (ObjectState, judge, judge_all, load_success_criteria,
+                                        object_states)
 
 SIM_NODE = "aloha_sim"          # the simulator's node name in config/stack.yaml
 SCENE_SETTLE_S = 0.5            # sim time after a reset before the new scene counts as observed
@@ -99,6 +100,24 @@ def default_output(policy: str, task: str, embodiment: str | None = None) -> Pat
     suffix = "" if embodiment in (None, load_stack().embodiment) else "_" + re.sub(
         r"[^A-Za-z0-9_.-]+", "_", embodiment)
     return repo_root() / "bench" / "results" / f"eval_{safe}_{task}{suffix}.json"
+
+
+def task_steps(task: str) -> list[TaskSpec]:
+    """The atomic steps of simulated `task` as the rule planner reads its instruction; a task
+    listing `steps` in config/tasks.yaml must read as exactly those (ValueError otherwise)."""
+    from agent.plan import PlanError, RulePlanner
+    cfg = load_tasks()["tasks"][task]
+    try:
+        plan = RulePlanner().plan(cfg["instruction"])
+    except PlanError as exc:
+        raise ValueError(f"task {task}: {exc}") from None
+    listed = cfg.get("steps")
+    if listed is not None and [s.instruction for s in plan.steps] != list(listed):
+        raise ValueError(f"task {task}: the instruction reads as "
+                         f"{[s.instruction for s in plan.steps]}, not the listed steps {listed}")
+    if listed is None:          # an atomic task: exactly as the server reads it with the hint
+        return [parse_instruction(cfg["instruction"], task if task in TASK_KINDS else "")]
+    return [s.spec for s in plan.steps]
 
 
 class _SceneWatch:
@@ -163,7 +182,10 @@ class EpisodeRunner:
         self.client, self.task, self.policy = client, task, policy
         self.time_limit_s, self.dead_node, self.say = time_limit_s, dead_node, say
         self.instruction = load_tasks()["tasks"][task]["instruction"]
-        self.spec = parse_instruction(self.instruction, task)
+        # A multi-step task's steps as the rule planner reads them (the server plans the same
+        # text); the evaluator judges every step's goal at the end, and follows the first object.
+        self.specs = task_steps(task)
+        self.spec = self.specs[0]
         self.criteria = load_success_criteria()
         self.min_rise = float(self.criteria.get(self.spec.kind, {}).get("min_height", 0.05))
         names = load_stack().interfaces
@@ -226,7 +248,8 @@ class EpisodeRunner:
         self.watch.begin()
         with during:
             sim0, wall0 = client.sim_time, time.monotonic()
-            outcome = client.execute(self.instruction, task=self.task, policy=self.policy,
+            hint = self.task if self.task in TASK_KINDS else ""     # a scene, not a task kind
+            outcome = client.execute(self.instruction, task=hint, policy=self.policy,
                                      time_limit_s=self.time_limit_s, give_up=self.dead_node)
             wall, sim1 = time.monotonic() - wall0, client.sim_time
         crashed = self.dead_node()
@@ -244,10 +267,13 @@ class EpisodeRunner:
             z0 = float(first[spec.object].position[2])
             record.object_rise_m = float(last[spec.object].position[2]) - z0
             record.max_rise_m = max_z - z0
-            if outcome.success_check == "sim_state":
-                record.ground_truth_success = judge(spec, first, last, self.criteria).success
+        if first and last and outcome.success_check == "sim_state":
+            record.ground_truth_success = (
+                judge(spec, first, last, self.criteria).success if len(self.specs) == 1
+                else judge_all(self.specs, first, last, self.criteria).success)
         if not outcome.success:
-            record.cause = classify_failure(spec.kind, outcome.status, outcome.success_check,
+            failed = self.specs[min(outcome.steps_succeeded, len(self.specs) - 1)]
+            record.cause = classify_failure(failed.kind, outcome.status, outcome.success_check,
                                             outcome.reason, record.max_rise_m, self.min_rise)
         return record
 

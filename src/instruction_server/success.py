@@ -1,4 +1,5 @@
-"""Judge whether an atomic task succeeded from the simulator's ground truth (no ROS imports).
+"""Judge whether an atomic task succeeded from object states (no ROS imports): the simulator's
+ground truth, or 3D boxes from embodied reasoning on a real robot.
 
 The thresholds come from config/tasks.yaml (`success` of the task of the same kind), so the demo,
 the tests and the evaluation judge alike. The verdict is made from object poses, never from the
@@ -82,3 +83,30 @@ def judge(spec: TaskSpec, initial: Mapping[str, ObjectState], final: Mapping[str
         return Verdict(ok, f"the {obj1.label} is {rise * 100:.1f} cm up, on the {side} arm's side "
                            f"(wanted: held by the {receiver.replace('_', ' ')})")
     return Verdict(False, f"no success check for task kind {spec.kind!r}")
+
+
+def spec_labels(spec: TaskSpec) -> list[str]:
+    """The object labels a task's check needs (the object, and a place's container)."""
+    return [spec.object] + ([spec.target] if spec.kind == "place" and spec.target else [])
+
+
+def judge_all(specs: Iterable[TaskSpec], initial: Mapping[str, ObjectState],
+              final: Mapping[str, ObjectState],
+              criteria: Mapping[str, Mapping[str, Any]]) -> Verdict:
+    """Does every task of a multi-step plan still hold between the first and the last snapshot
+    (e.g. the first cube is still in the bowl after the second one was put there)? A pick that a
+    later step of the same object superseded is not required to hold at the end."""
+    specs = list(specs)
+    last_of = {s.object: i for i, s in enumerate(specs)}
+    failures, passed = [], 0
+    for i, spec in enumerate(specs):
+        if last_of[spec.object] != i:
+            continue
+        verdict = judge(spec, initial, final, criteria)
+        if verdict.success:
+            passed += 1
+        else:
+            failures.append(f"{spec.kind} {spec.object}: {verdict.reason}")
+    if failures:
+        return Verdict(False, "; ".join(failures))
+    return Verdict(True, f"all {passed} goals hold in the final scene")

@@ -1,0 +1,50 @@
+"""The whole simulated stack as separate processes for a test module, and what its tests read of
+it (shared by the end-to-end tests of single and multi-step instructions)."""
+import os
+import time
+from contextlib import contextmanager
+
+from bimanual_core.bringup import StackProcesses, node_launch_specs
+from bimanual_core.client import StackClient
+
+
+def module_domain(offset: int = 0) -> int:
+    """A ROS domain for a module-scoped stack, apart from the per-test ones of conftest."""
+    return 101 - (os.getpid() + offset) % 40
+
+
+@contextmanager
+def running_stack(log_dir, overrides, domain: int):
+    """(processes, client) of the stack with node `overrides`; every node must then shut down
+    cleanly on SIGINT (no crash, no hang)."""
+    env = dict(os.environ, ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
+    procs = StackProcesses(node_launch_specs(overrides=overrides), log_dir, env=env)
+    procs.start()
+    client = StackClient(record_camera=None, domain_id=domain)
+    try:
+        ready = client.wait_ready(120.0)
+        assert ready and not procs.dead(), {n: procs.log_tail(n) for n in procs.procs}
+        yield procs, client
+    finally:
+        client.close()
+        codes = procs.stop()
+    assert all(code in (0, -2) for code in codes.values()), codes
+
+
+def reset_scene(client: StackClient) -> None:
+    from std_srvs.srv import Trigger
+    reset = client.node.create_client(Trigger, "/sim/reset")
+    assert reset.wait_for_service(timeout_sec=10.0)
+    response = client._wait(reset.call_async(Trigger.Request()), 20.0)
+    assert response is not None and response.success, response
+    client.node.destroy_client(reset)
+    time.sleep(1.0)   # a fresh observation of the new scene reaches the backbone
+
+
+def object_positions(client: StackClient) -> dict:
+    """label -> (x, y, z) from the simulator's latest ground truth."""
+    deadline = time.monotonic() + 10.0
+    while client.objects_last is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return {o.label: (o.pose.position.x, o.pose.position.y, o.pose.position.z)
+            for o in client.objects_last.objects}
