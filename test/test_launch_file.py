@@ -89,3 +89,15 @@ def test_embodiment_argument_reaches_every_node(launch_module):
                                  overrides={"aloha_sim": {"task": "pick", "seed": 0}})
     assert [n.kwargs["parameters"] for n in nodes] == [[s.parameters] for s in expected]
     assert {n.kwargs["parameters"][0]["embodiment"] for n in nodes} == {"franka_duo"}
+
+
+@pytest.mark.parametrize("embodiment,bridge", [("aloha2", "xs_sdk_bridge_node"),
+                                               ("franka_duo", "franka_bridge_node")])
+def test_sim_false_starts_the_bridge_of_the_embodiments_real_driver(launch_module, embodiment,
+                                                                    bridge):
+    """`sim:=false`: the real robot's bridge (config `real_driver.interface`) and camera bridge."""
+    nodes = {n.kwargs["name"]: n.kwargs for n in _nodes(launch_module, sim="false",
+                                                         embodiment=embodiment)}
+    assert nodes["real_driver"]["executable"] == bridge
+    assert nodes["real_cameras"]["executable"] == "camera_bridge_node"
+    assert "aloha_sim" not in nodes
