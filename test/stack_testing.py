@@ -48,3 +48,30 @@ def object_positions(client: StackClient) -> dict:
         time.sleep(0.05)
     return {o.label: (o.pose.position.x, o.pose.position.y, o.pose.position.z)
             for o in client.objects_last.objects}
+
+
+@contextmanager
+def joint_states(client: StackClient):
+    """The /joint_states positions received while inside, as a growing list of arrays."""
+    import numpy as np
+    from sensor_msgs.msg import JointState
+    from bimanual_core.ros_conversions import RELIABLE_QOS
+    states = []
+    sub = client.node.create_subscription(JointState, "/joint_states",
+                                          lambda m: states.append(np.array(m.position)),
+                                          RELIABLE_QOS)
+    try:
+        yield states
+    finally:
+        client.node.destroy_subscription(sub)
+
+
+def assert_robot_holds(states: list, settle_s: float = 1.0, span_s: float = 2.0) -> None:
+    """After `settle_s`, the joints stay within 0.02 rad for `span_s` (the robot stopped)."""
+    import numpy as np
+    time.sleep(settle_s)
+    start = len(states)
+    time.sleep(span_s)
+    held = np.array(states[start:])
+    assert len(held) > 10
+    assert np.abs(held - held[0]).max() < 0.02, "the robot kept moving after the cancel"

