@@ -70,6 +70,18 @@ def test_scene_has_the_franka_joints_actuators_cameras_and_sites():
                                        site.xmat.reshape(3, 3)[:, 0])) < 1e-6
 
 
+def test_bad_robot_model_settings_are_refused_clearly():
+    from dataclasses import replace
+
+    from aloha_driver.scene import SceneError
+    unknown = replace(EMB, simulation={**EMB.simulation, "robot_model": "ur5e"})
+    with pytest.raises(SceneError, match="unknown simulation.robot_model 'ur5e'"):
+        build_scene("pick", 0, unknown)
+    no_bases = replace(EMB, simulation={**EMB.simulation, "arm_bases": {}})
+    with pytest.raises(SceneError, match="arm_bases has no left_arm"):
+        build_robot_model(no_bases)
+
+
 def test_robot_model_joint_map_matches_the_scene():
     robot = build_robot_model(EMB)
     assert robot.ncam == 0 and robot.nu == 18
