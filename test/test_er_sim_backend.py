@@ -135,7 +135,8 @@ def test_bad_input_is_rejected(frame, backend):
         CameraFrame("cam_high", 0, frame.rgb, np.full((3, 3), np.nan))
     no_truth = CameraFrame("cam_high", 0, frame.rgb, frame.K)
     assert "needs a segmentation" in backend.detect(no_truth, "cube").message
-    with pytest.raises(ValueError, match="unknown ER backend 'owl'; known: gemini, hf, sim"):
+    with pytest.raises(ValueError,
+                       match="unknown ER backend 'owl'; known: gemini, hf, learned, sim"):
         make_backend("owl")
 
 

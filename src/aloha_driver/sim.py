@@ -22,7 +22,10 @@ class AlohaSim:
     """The simulated robot, its task objects and its four cameras."""
 
     def __init__(self, embodiment: Embodiment, task: str = "pick", seed: int = 0,
-                 width: int | None = None, height: int | None = None):
+                 width: int | None = None, height: int | None = None,
+                 tasks: dict | None = None):
+        """`tasks`: task definitions in the layout of config/tasks.yaml (default: that file),
+        for scenes the project does not run as tasks (e.g. ER training renders)."""
         sim_cfg = embodiment.simulation
         self.embodiment = embodiment
         self.width = int(width or sim_cfg.get("image_width", 320))
@@ -31,7 +34,7 @@ class AlohaSim:
             raise ValueError(f"image size must be positive, got {self.width}x{self.height}")
         self.publish_depth = bool(sim_cfg.get("publish_depth", True))
         self.publish_segmentation = bool(sim_cfg.get("publish_segmentation", True))
-        self.scene: SceneModel = build_scene(task, seed, embodiment)
+        self.scene: SceneModel = build_scene(task, seed, embodiment, tasks)
         self.model: mujoco.MjModel = self.scene.model
         self.control_period = embodiment.control_period
         substeps = self.control_period / self.model.opt.timestep

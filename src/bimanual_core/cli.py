@@ -9,6 +9,9 @@
                                           LeRobotDataset v3 (cameras, joints, commands, success)
     bimanual-vla serve --policy P         serve a policy (name or checkpoint) over the openpi
                                           websocket protocol: the "cloud backbone"
+    bimanual-vla er-data / er-train       render scenes / train the learned ER backend
+    bimanual-vla er-eval --backend B      pointing accuracy, box AP50 on held-out sim scenes
+    bimanual-vla er-erqa --backend B      ERQA-format multiple-choice accuracy
 
 Exit codes: 0 success, 1 the instruction or the stack failed, 2 bad usage or no stack reachable,
 130 interrupted.
@@ -501,6 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--embodiment", default=None,
                      help="config/<name>.yaml (default from stack.yaml)")
     srv.set_defaults(func=cmd_serve)
+
+    from er_perception.learned.commands import add_er_commands   # er-data/-train/-eval/-erqa
+    add_er_commands(sub)
     return parser
 
 

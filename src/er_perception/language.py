@@ -129,3 +129,21 @@ def parse_motion(query: str) -> tuple[str, str] | None:
         if m:
             return m.group("src").strip(), m.group("dst").strip()
     return None
+
+
+def phrase_attributes(phrase: str, nouns: Sequence[str] = ()) -> tuple[list[str], str]:
+    """The colour words of an object phrase and its noun, for models that ground colour and
+    object apart ("the cube that is red" -> (["red"], "cube")).
+
+    The noun is the first content word that folds (plural, synonym) onto one of `nouns` ("blocks"
+    -> "cube"); without one, the phrase's last content word as written; "" when the phrase names
+    only colours ("the red one")."""
+    vocabulary = set(nouns)
+    words = [w for w in tokens(phrase) if w not in _STOP_WORDS and w != "one"]
+    colours = [w for w in words if w in COLOUR_WORDS]
+    content = [w for w in words if w not in COLOUR_WORDS]
+    for word in content:
+        canonical = _canonical(word, vocabulary)
+        if canonical in vocabulary:
+            return colours, canonical
+    return colours, content[-1] if content else ""

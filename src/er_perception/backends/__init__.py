@@ -8,7 +8,8 @@ from er_perception.backends.base import ErBackend
 
 BACKENDS = {"sim": "er_perception.backends.sim:SimBackend",
             "hf": "er_perception.backends.hf:HfBackend",
-            "gemini": "er_perception.backends.gemini:GeminiBackend"}
+            "gemini": "er_perception.backends.gemini:GeminiBackend",
+            "learned": "er_perception.backends.learned:LearnedBackend"}
 
 
 def make_backend(name: str, **kwargs) -> ErBackend:

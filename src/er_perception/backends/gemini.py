@@ -270,14 +270,23 @@ class GeminiBackend(ErBackend):
             thinking_config=types.ThinkingConfig(thinking_budget=int(thinking_budget)))
 
     # -- the API ---------------------------------------------------------------------------------
+    @staticmethod
+    def _image(rgb: np.ndarray) -> types.Part:
+        buffer = io.BytesIO()
+        Image.fromarray(rgb).save(buffer, format="JPEG", quality=JPEG_QUALITY)
+        return types.Part.from_bytes(data=buffer.getvalue(), mime_type="image/jpeg")
+
+    def answer_question(self, parts: list) -> tuple[str | None, str]:
+        """A free-form answer to text and RGB images in order (ERQA questions,
+        `er_perception.erqa`): the reply's text and "", or None and why there is none."""
+        return self.api.generate([self._image(p) if isinstance(p, np.ndarray) else str(p)
+                                  for p in parts], self._config)
+
     def _ask(self, frame: CameraFrame, prompt: str, key: str,
              arity: int) -> tuple[list[tuple[str, tuple]], str]:
         """The model's items for the prompt on the frame, and a message: why there are none, or
         which were dropped."""
-        buffer = io.BytesIO()
-        Image.fromarray(frame.rgb).save(buffer, format="JPEG", quality=JPEG_QUALITY)
-        image = types.Part.from_bytes(data=buffer.getvalue(), mime_type="image/jpeg")
-        text, why = self.api.generate([image, prompt], self._config)
+        text, why = self.api.generate([self._image(frame.rgb), prompt], self._config)
         if text is None:
             return [], why
         try:
