@@ -189,27 +189,38 @@ class VlaBackbone(Node):
         return future.result()
 
     def _locate(self, label: str) -> ObjectLocation | None:
-        """Where `label` is, from the ER service: a 3D box (centre + size), else a 3D point."""
+        """Where `label` is, from the ER service: a 3D box (centre + size), else a 3D point; from
+        the default camera, else from each other camera in turn (an arm left above the table
+        after an earlier step may hide the object from one camera)."""
+        first_why = ""
+        for camera in ["", *self.embodiment.cameras]:
+            found, why = self._locate_in(label, camera)
+            if found is not None:
+                return found
+            first_why = first_why or why
+        if first_why:
+            raise LookupError(first_why)
+        return None
+
+    def _locate_in(self, label: str, camera: str) -> tuple[ObjectLocation | None, str]:
         why = ""
         for query_type in (ErQuery.Request.BOXES, ErQuery.Request.POINTS):
             response = self._call_er(ErQuery.Request(query_type=query_type, query=label,
-                                                     max_results=1, with_3d=True))
+                                                     camera=camera, max_results=1, with_3d=True))
             if not response.success:
-                raise LookupError(response.message or "the ER query failed")
+                return None, response.message or "the ER query failed"
             why = response.message or why
             for box in response.boxes:
                 if box.has_position_3d:
                     p, s = box.position_3d, box.size_3d
                     size = np.array([s.x, s.y, s.z])
                     return ObjectLocation(np.array([p.x, p.y, p.z]),
-                                          size=size if np.all(size > 0) else None)
+                                          size=size if np.all(size > 0) else None), ""
             for point in response.points:
                 if point.has_position_3d:
                     p = point.position_3d
-                    return ObjectLocation(np.array([p.x, p.y, p.z]))
-        if why:
-            raise LookupError(why)
-        return None
+                    return ObjectLocation(np.array([p.x, p.y, p.z])), ""
+        return None, why
 
     # ------------------------------------------------------------------ observations
 
