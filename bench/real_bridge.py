@@ -55,6 +55,13 @@ def measure(executable: str, embodiment: str, seconds: float, env: dict) -> dict
     received: list[tuple[float, float]] = []        # (arrival, first left joint value)
     if executable == "xs_sdk_bridge_node":
         from interbotix_xs_msgs.msg import JointGroupCommand
+        from interbotix_xs_msgs.srv import RobotInfo
+
+        def robot_info(request, response):          # the followers confirm their arm group
+            response.joint_names = list(contract.group_joints)
+            return response
+        for a in contract.arms.values():
+            node.create_service(RobotInfo, a.robot_info_service, robot_info)
         topic = contract.arms["left_arm"].group_topic
         node.create_subscription(JointGroupCommand, topic,
                                  lambda m: received.append((time.perf_counter(), m.cmd[0])),
@@ -98,7 +105,7 @@ def measure(executable: str, embodiment: str, seconds: float, env: dict) -> dict
         deadline = time.perf_counter() + 30.0
         while cmd_pub.get_subscription_count() == 0 and time.perf_counter() < deadline:
             spin(0.1, publish_states)
-        spin(1.0, publish_states)                    # the bridge hears every joint
+        spin(2.0, publish_states)                    # the bridge hears every joint (and checks)
         sent: dict[int, float] = {}
         target = emb.home.copy()
         seq = [0]

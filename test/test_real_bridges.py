@@ -31,6 +31,7 @@ FRANKA = load_embodiment("franka_duo")
 TIMEOUT_S = 20.0
 VX300S_STATE = ["waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate",
                 "gripper", "left_finger", "right_finger"]
+VX300S_ARM_GROUP = VX300S_STATE[:6]
 
 
 def every(period, step):
@@ -120,10 +121,24 @@ def distinct_target(emb, gripper):
 # --- ALOHA 2 through xs_sdk -----------------------------------------------------------------------
 
 @pytest.fixture
-def xs_sdk_robot(ros_context, monkeypatch, tmp_path):
+def xs_sdk_robot(request, ros_context, monkeypatch, tmp_path):
+    """Fake ALOHA 2 followers; their RobotInfo reports the arm group's joints as
+    `request.param` (default: the vx300s order)."""
     with_test_interfaces(monkeypatch)
     from interbotix_xs_msgs.msg import JointGroupCommand, JointSingleCommand
+    from interbotix_xs_msgs.srv import RobotInfo
     robot = FakeRobot(ros_context, ALOHA)
+    reported = getattr(request, "param", VX300S_ARM_GROUP)
+    robot.info_requests = []
+
+    def robot_info(req, response):
+        robot.info_requests.append((req.cmd_type, req.name))
+        if req.cmd_type == "group" and req.name == "arm":
+            response.mode, response.joint_names = "position", list(reported)
+            response.num_joints = len(reported)
+        return response
+    robot.info_services = [robot.node.create_service(RobotInfo, f"{ns}/get_robot_info", robot_info)
+                           for ns in ("/follower_left", "/follower_right")]
     robot.group = {ns: robot.record(JointGroupCommand, f"{ns}/commands/joint_group")
                    for ns in ("/follower_left", "/follower_right")}
     robot.single = {ns: robot.record(JointSingleCommand, f"{ns}/commands/joint_single")
@@ -163,11 +178,31 @@ def test_xs_sdk_bridge_refuses_before_state_then_speaks_xs_sdk(xs_sdk_robot):
         assert single.cmd == pytest.approx(0.6197 + 0.25 * (1.6214 - 0.6197), abs=1e-5)
 
 
+@pytest.mark.parametrize("xs_sdk_robot", [["shoulder", "waist", "elbow", "forearm_roll",
+                                           "wrist_angle", "wrist_rotate"]], indirect=True)
+def test_xs_sdk_bridge_never_commands_a_group_whose_joints_differ(xs_sdk_robot):
+    """A follower whose xs_sdk reports another joint order (another motor config) would read
+    the commands in the wrong order: the bridge must refuse to command it at all."""
+    robot, log = xs_sdk_robot
+    home = ALOHA.home
+    states = aloha_follower_states(robot, home[:6], home[7:13], 0.0579, 0.0579)
+    robot.spin_until(lambda: len(robot.merged) > 0 and len(robot.info_requests) >= 2,
+                     "the merged state and the group check", step=states)
+    robot.spin_for(1.0, step=lambda: (states(), robot.send_position(home)))
+    assert not any(robot.group.values()) and not any(robot.single.values())
+    assert ("group", "arm") in robot.info_requests
+    assert "not commanding:" in log.read_text() and "'shoulder', 'waist'" in log.read_text()
+
+
 def test_xs_sdk_bridge_samples_a_trajectory_at_50_hz_and_stops_on_stale_state(xs_sdk_robot):
     robot, log = xs_sdk_robot
     home = ALOHA.home
     states = aloha_follower_states(robot, home[:6], home[7:13], 0.0579, 0.0579)
-    robot.spin_until(lambda: len(robot.merged) > 0, "the merged joint state", step=states)
+    # Hold the arms where they are until the bridge commands (state heard, group confirmed).
+    robot.spin_until(lambda: robot.group["/follower_left"], "the first group command",
+                     step=lambda: (states(), robot.send_position(home)))
+    robot.spin_for(0.2, step=states)
+    robot.group["/follower_left"].clear()
     goal = home.copy()
     goal[0] += 0.5                                   # left waist turns 0.5 rad in 1 s
     traj = JointTrajectory(joint_names=ALOHA.joint_names, points=[
@@ -383,10 +418,16 @@ def test_real_bring_up_turns_the_robots_streams_into_observations(ros_context, m
 
     with StackProcesses(specs, tmp_path / "logs") as procs:
         end = time.monotonic() + 60.0
-        while not observations and time.monotonic() < end and procs.failure() is None:
+
+        def complete():
+            return [m for _, m in observations
+                    if m.joint_state.name and len(m.camera_names) == len(ALOHA.cameras)]
+        while not complete() and time.monotonic() < end and procs.failure() is None:
             robot.spin_for(0.5, step=step, period=0.05)
-        assert observations, procs.failure() or "no observation within 60 s"
-    obs = observations[-1][1]
+        assert complete(), procs.failure() or (
+            f"no observation with every camera and the joint state within 60 s "
+            f"({len(observations)} incomplete)")
+    obs = complete()[-1]
     assert sorted(obs.camera_names) == sorted(ALOHA.cameras)
     assert list(obs.joint_state.name) == ALOHA.joint_names
     expect = ALOHA.home.copy()

@@ -70,6 +70,15 @@ def test_every_franka_joint_maps_to_a_real_franka_ros2_joint():
             [2 * c.gripper_state.closed, 2 * c.gripper_state.open])
 
 
+def test_xs_sdk_group_check_names_the_difference():
+    c = load_contract(ALOHA)
+    assert c.arms["left_arm"].robot_info_service == "/follower_left/get_robot_info"
+    assert c.group_mismatch("left_arm", VX300S_ARM_GROUP) is None
+    swapped = [VX300S_ARM_GROUP[1], VX300S_ARM_GROUP[0], *VX300S_ARM_GROUP[2:]]
+    assert "/follower_left" in c.group_mismatch("left_arm", swapped)
+    assert c.group_mismatch("right_arm", VX300S_ARM_GROUP[:5]) is not None
+
+
 def test_aloha_gripper_units_are_aloha_2s():
     c = load_contract(ALOHA)
     target = ALOHA.home.copy()

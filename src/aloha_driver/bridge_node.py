@@ -112,7 +112,7 @@ class RobotBridge(Node):
         reason = self.refusal()
         if reason is not None:
             self.commands_refused += 1
-            self.log_throttled("refused", f"command refused: {reason}")
+            self.log_throttled(f"refused: {reason}", f"command refused: {reason}")
             return False
         if self.held is None:
             self.held = HeldCommand(self.embodiment.joint_names, self.merger.position.copy())

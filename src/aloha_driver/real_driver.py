@@ -123,6 +123,7 @@ class XsSdkArm:
     group_indices: tuple[int, ...]   # embodiment indices in the arm group's joint order
     gripper_index: int
     gripper_joint: str               # the xs_sdk joint the gripper command goes to
+    robot_info_service: str | None   # RobotInfo service to check the group against, or None
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,9 @@ class XsSdkContract:
                 group_topic=join_topic(ns, rd["joint_group_topic"]),
                 single_topic=join_topic(ns, rd["joint_single_topic"]),
                 group_indices=tuple(by_real[j] for j in group_joints),
-                gripper_index=gi, gripper_joint=jm[emb.joint_names[gi]])
+                gripper_index=gi, gripper_joint=jm[emb.joint_names[gi]],
+                robot_info_service=join_topic(ns, rd["robot_info_service"])
+                if rd.get("robot_info_service") else None)
         contract = cls(embodiment=emb, arms=arms, group_name=str(rd["arm_group"]),
                        group_joints=group_joints, gripper_command=command, gripper_state=state,
                        gripper_state_joint=state_joint,
@@ -181,6 +184,15 @@ class XsSdkContract:
         a = self.arms[arm]
         return ([float(target[i]) for i in a.group_indices],
                 self.gripper_command.to_robot(target[a.gripper_index]))
+
+    def group_mismatch(self, arm: str, reported_joints: Sequence[str]) -> str | None:
+        """None when the arm's xs_sdk reports the group's joints in the configured order (the
+        order JointGroupCommand.cmd is read in); else what differs."""
+        if list(reported_joints) == list(self.group_joints):
+            return None
+        return (f"{self.arms[arm].namespace}'s xs_sdk group {self.group_name!r} has joints "
+                f"{list(reported_joints)}, but real_driver.arm_group_joints says "
+                f"{list(self.group_joints)}")
 
     def state_sources(self) -> list[StateSource]:
         """Each follower's joint_states: arm joints by name, the gripper from the finger joint."""

@@ -5,7 +5,9 @@ Each follower arm runs xs_sdk under its robot name (config `real_driver.namespac
 interbotix_xs_msgs/JointGroupCommand (group `real_driver.arm_group`, the 6 arm joints in the
 group's order, radians) on <ns>/commands/joint_group and one JointSingleCommand for the gripper
 motor (normalised 0..1 -> radians, `real_driver.gripper`) on <ns>/commands/joint_single, as
-ALOHA 2's own software does. Position commands go out on arrival; a joint trajectory is
+ALOHA 2's own software does, once each arm's xs_sdk has confirmed through its RobotInfo service
+(<ns>/get_robot_info) that the group holds the configured joints in the configured order.
+Position commands go out on arrival; a joint trajectory is
 followed by sampling it every 1/command_rate_hz. Both arms' <ns>/joint_states are merged into
 the stack's joint states (gripper from the finger joint, normalised). Nothing is sent before the
 state of every joint has been heard, nor while an arm's state is older than state_timeout_s.
@@ -38,6 +40,8 @@ class XsSdkBridge(RobotBridge):
         self.JointGroupCommand, self.JointSingleCommand = import_robot_interface(
             "interbotix_xs_msgs", "msg", ["JointGroupCommand", "JointSingleCommand"],
             INTERBOTIX_ORIGIN)
+        (self.RobotInfo,) = import_robot_interface("interbotix_xs_msgs", "srv", ["RobotInfo"],
+                                                   INTERBOTIX_ORIGIN)
         super().__init__("real_driver", "aloha2", **kwargs)
         c: XsSdkContract = self.contract
         rate = float(self.declare_parameter("command_rate_hz", c.command_rate_hz).value)
@@ -50,12 +54,50 @@ class XsSdkBridge(RobotBridge):
                                                         RELIABLE_QOS)
                              for arm, a in c.arms.items()}
         self.create_timer(1.0 / rate, self._follow_trajectory)
+        # Before commanding, each arm's xs_sdk must confirm the group's joints and their order.
+        self._unverified = {arm: self.create_client(self.RobotInfo, a.robot_info_service)
+                            for arm, a in c.arms.items() if a.robot_info_service}
+        self._pending: dict[str, object] = {}
+        self.contract_error: str | None = None
+        if self._unverified:
+            self.create_timer(0.5, self._verify_groups)
+            self._verify_groups()
         self.get_logger().info(
             "xs_sdk bridge for " + ", ".join(f"{arm} at {a.namespace}" for arm, a in c.arms.items())
             + f"; group {c.group_name!r}, trajectories sampled at {rate:g} Hz")
 
     def load_contract(self, embodiment):
         return XsSdkContract.from_embodiment(embodiment)
+
+    def refusal(self) -> str | None:
+        if self.contract_error:
+            return self.contract_error
+        if self._unverified:
+            return ("xs_sdk group not confirmed yet by " + ", ".join(
+                self.contract.arms[a].robot_info_service for a in self._unverified))
+        return super().refusal()
+
+    def _verify_groups(self) -> None:
+        for arm, client in list(self._unverified.items()):
+            if arm in self._pending or not client.service_is_ready():
+                continue
+            request = self.RobotInfo.Request(cmd_type="group", name=self.contract.group_name)
+            self._pending[arm] = client.call_async(request)
+            self._pending[arm].add_done_callback(lambda f, arm=arm: self._on_group_info(arm, f))
+
+    def _on_group_info(self, arm: str, future) -> None:
+        self._pending.pop(arm, None)
+        response = future.result()
+        if response is None:
+            return                          # asked again by the timer
+        mismatch = self.contract.group_mismatch(arm, response.joint_names)
+        if mismatch:
+            self.contract_error = f"not commanding: {mismatch}"
+            self.get_logger().error(self.contract_error)
+        self._unverified.pop(arm, None)
+        if not mismatch:
+            self.get_logger().info(f"{arm}: xs_sdk group {self.contract.group_name!r} confirmed "
+                                   f"({', '.join(response.joint_names)}, mode {response.mode})")
 
     def send_target(self, target: np.ndarray) -> None:
         c: XsSdkContract = self.contract
