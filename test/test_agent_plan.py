@@ -9,7 +9,7 @@ from agent.executor import StepOutcome, execute_plan
 from agent.plan import PlanError, RulePlanner, make_plan, split_clauses
 from agent.program import ProgramError, check_program, run_program
 from agent.safety import SafetyVerdict, rule_screen, screen
-from bimanual_core.eval_runner import task_steps
+from bimanual_core.eval_runner import _STEP_PREFIX, task_steps
 from bimanual_core.instructions import TaskSpec, parse_instruction
 from instruction_server.success import ObjectState, judge_all, load_success_criteria
 
@@ -160,6 +160,7 @@ def test_steps_run_in_order_with_retries_and_stop_at_a_cancel():
     assert attempts_seen[1] == (0, 2, "failed") and attempts_seen[2] == (1, 1, "succeeded")
     assert not outcome.success and outcome.steps_succeeded == 1 and outcome.attempts == (2, 2)
     assert outcome.reason.startswith("step 2 of 2 ('hand the blue cube over') failed after 2")
+    assert _STEP_PREFIX.sub("", outcome.reason) == "why"   # the evaluation's failure causes
 
     calls.clear()
     outcome = execute_plan(plan, lambda s, i, a: calls.append(i) or StepOutcome(

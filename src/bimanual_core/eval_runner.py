@@ -44,6 +44,8 @@ SIM_NODE = "aloha_sim"          # the simulator's node name in config/stack.yaml
 SCENE_SETTLE_S = 0.5            # sim time after a reset before the new scene counts as observed
 SERVICE_TIMEOUT_S = 20.0
 DECODER_IDLE_TIMEOUT_S = 10.0
+# How agent.executor words a failed step of a multi-step plan, before the step's own reason.
+_STEP_PREFIX = re.compile(r"^step \d+ of \d+ \('.*?'\) failed(?: after \d+ attempts)?: ")
 PERCEPTION_READY_TIMEOUT_S = 20.0
 
 
@@ -273,8 +275,9 @@ class EpisodeRunner:
                 else judge_all(self.specs, first, last, self.criteria).success)
         if not outcome.success:
             failed = self.specs[min(outcome.steps_succeeded, len(self.specs) - 1)]
+            reason = _STEP_PREFIX.sub("", outcome.reason)   # the failed step's own reason
             record.cause = classify_failure(failed.kind, outcome.status, outcome.success_check,
-                                            outcome.reason, record.max_rise_m, self.min_rise)
+                                            reason, record.max_rise_m, self.min_rise)
         return record
 
 
