@@ -151,17 +151,14 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args()
     import pytest  # noqa: F401  (robot_interfaces_testing reports a missing build through it)
-    from robot_interfaces_testing import PREFIX, load_test_interfaces
+    from robot_interfaces_testing import interface_environment, load_test_interfaces
 
     from bimanual_core.config import runtime_environment
     load_test_interfaces()
     env = dict(os.environ)
     runtime_environment(env)
     env.setdefault("ROS_DOMAIN_ID", str(random.randint(60, 100)))
-    site = next(PREFIX.glob("lib/python3*/site-packages"))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(PREFIX / "lib"),
-                                                           env.get("LD_LIBRARY_PATH")]))
+    env.update(interface_environment(env))
     os.environ.update({k: env[k] for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE",
                                            "FASTDDS_DEFAULT_PROFILES_FILE")})
     report = {"seconds": args.seconds, "machine": {"cpus": os.cpu_count(),

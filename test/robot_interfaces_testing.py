@@ -40,11 +40,20 @@ def load_test_interfaces() -> None:
         ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
 
 
+def interface_environment(env: dict | None = None) -> dict[str, str]:
+    """PYTHONPATH and LD_LIBRARY_PATH of `env` (default: this process's) with the test
+    interfaces in front, for the processes that must see them."""
+    env = os.environ if env is None else env
+    out = {}
+    for var, value in (("PYTHONPATH", str(_site_packages())),
+                       ("LD_LIBRARY_PATH", str(PREFIX / "lib"))):
+        old = env.get(var)
+        out[var] = f"{value}{os.pathsep}{old}" if old else value
+    return out
+
+
 def with_test_interfaces(monkeypatch) -> None:
-    """The test interfaces in this process and in the processes this test starts (exported on
-    PYTHONPATH and LD_LIBRARY_PATH)."""
+    """The test interfaces in this process and in the processes this test starts."""
     load_test_interfaces()
-    site = str(_site_packages())
-    for var, value in (("PYTHONPATH", site), ("LD_LIBRARY_PATH", str(PREFIX / "lib"))):
-        old = os.environ.get(var)
-        monkeypatch.setenv(var, f"{value}{os.pathsep}{old}" if old else value)
+    for var, value in interface_environment().items():
+        monkeypatch.setenv(var, value)

@@ -108,9 +108,12 @@ def test_contract_errors_name_what_is_wrong():
     del jm["right_elbow"]
     with pytest.raises(ConfigError, match="right_elbow"):
         load_contract(with_real_driver(ALOHA, joint_map=jm))
-    jm = dict(ALOHA.real_driver["joint_map"], left_elbow="shoulder")
+    jm = dict(ALOHA.real_driver["joint_map"], left_elbow="elbow_shadow")
     with pytest.raises(ConfigError, match="exactly once"):
         load_contract(with_real_driver(ALOHA, joint_map=jm))
+    jm = dict(FRANKA.real_driver["joint_map"], left_fr3_joint2="left_fr3_joint1")
+    with pytest.raises(ConfigError, match="same real joint"):
+        load_contract(with_real_driver(FRANKA, joint_map=jm))
     with pytest.raises(ConfigError, match="not 'franka_ros2'"):
         FrankaContract.from_embodiment(ALOHA)
     with pytest.raises(ConfigError, match="unknown real_driver.interface"):

@@ -93,7 +93,13 @@ def _joint_map(rd: dict, emb: Embodiment) -> dict[str, str]:
                           + (f"misses {missing}" if missing else "")
                           + ("; " if missing and unknown else "")
                           + (f"names joints the embodiment lacks: {unknown}" if unknown else ""))
-    return {k: str(v) for k, v in jm.items()}
+    jm = {k: str(v) for k, v in jm.items()}
+    for arm in emb.arms:
+        real = [jm[j.name] for j in emb.joints if j.group == arm]
+        if len(set(real)) != len(real):
+            raise ConfigError(f"{emb.name}: real_driver.joint_map maps two of {arm}'s joints to "
+                              f"the same real joint ({real})")
+    return jm
 
 
 def _namespaces(rd: dict, emb: Embodiment) -> dict[str, str]:
