@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 from rclpy.action import ActionServer
-from rclpy.executors import SingleThreadedExecutor
+from rclpy.action import CancelResponse
+from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, JointState
 from std_msgs.msg import Float64MultiArray
@@ -50,10 +52,11 @@ def every(period, step):
 class FakeRobot:
     """A node in the test process standing in for the robot and for the stack's decoder."""
 
-    def __init__(self, context, emb):
+    def __init__(self, context, emb, threads=1):
         self.emb = emb
         self.node = Node("fake_robot", context=context)
-        self.executor = SingleThreadedExecutor(context=context)
+        self.executor = SingleThreadedExecutor(context=context) if threads == 1 else \
+            MultiThreadedExecutor(num_threads=threads, context=context)
         self.executor.add_node(self.node)
         self.merged: list[JointState] = []
         self.node.create_subscription(JointState, emb.driver["joint_states_topic"],
@@ -241,20 +244,34 @@ def test_bridges_without_their_robots_package_exit_with_a_clear_error(ros_domain
 # --- bi-arm Franka through franka_ros2 -----------------------------------------------------------
 
 @pytest.fixture
-def franka_robot(ros_context, monkeypatch, tmp_path):
+def franka_robot(request, ros_context, monkeypatch, tmp_path):
+    """Fake franka_ros2 arms and hands. With `request.param` "hold", a grasp goal runs until it
+    is canceled (a hand still closing); otherwise every gripper goal succeeds at once."""
     with_test_interfaces(monkeypatch)
     from franka_msgs.action import Grasp, Move
-    robot = FakeRobot(ros_context, FRANKA)
+    robot = FakeRobot(ros_context, FRANKA, threads=4)
     robot.traj = {ns: robot.record(JointTrajectory, f"{ns}/joint_trajectory_controller/joint_trajectory")
                   for ns in ("/left", "/right")}
     robot.goals = {(ns, kind): [] for ns in ("/left", "/right") for kind in ("grasp", "move")}
+    robot.events = []                      # (namespace, "grasp" | "move" | "cancel grasp")
+    hold = getattr(request, "param", None) == "hold"
+    group = ReentrantCallbackGroup()
 
     def server(ns, kind, action):
         def execute(handle):
             robot.goals[(ns, kind)].append(handle.request)
+            robot.events.append((ns, kind))
+            end = time.monotonic() + TIMEOUT_S
+            while hold and kind == "grasp" and time.monotonic() < end:
+                if handle.is_cancel_requested:
+                    robot.events.append((ns, "cancel grasp"))
+                    handle.canceled()
+                    return action.Result(success=False, error="canceled")
+                time.sleep(0.005)
             handle.succeed()
             return action.Result(success=True)
-        return ActionServer(robot.node, action, f"{ns}/franka_gripper/{kind}", execute)
+        return ActionServer(robot.node, action, f"{ns}/franka_gripper/{kind}", execute,
+                            cancel_callback=lambda _: CancelResponse.ACCEPT, callback_group=group)
     robot.servers = [server(ns, "grasp", Grasp) for ns in ("/left", "/right")] + [
         server(ns, "move", Move) for ns in ("/left", "/right")]
     log = tmp_path / "franka_bridge.log"
@@ -310,6 +327,28 @@ def test_franka_bridge_trajectories_per_arm_and_one_gripper_goal_per_crossing(fr
         g = grasps[0]
         assert (g.width, g.force, g.speed) == pytest.approx((0.0, 40.0, 0.1))
         assert (g.epsilon.inner, g.epsilon.outer) == pytest.approx((0.0, 0.08))
+
+
+@pytest.mark.parametrize("franka_robot", ["hold"], indirect=True)
+def test_franka_bridge_cancels_a_running_gripper_goal_before_the_next(franka_robot):
+    robot, _ = franka_robot
+    states = franka_states(robot, FRANKA.home, 0.04)
+    robot.spin_until(lambda: len(robot.merged) > 0, "the merged joint state", step=states)
+    target = FRANKA.home.copy()
+
+    def command(gripper):
+        target[FRANKA.gripper_indices] = gripper
+        robot.send_position(target)
+
+    for gripper, wanted in ((1.0, "move"), (0.1, "grasp")):
+        robot.spin_until(lambda: all((ns, wanted) in robot.events for ns in ("/left", "/right")),
+                         f"the {wanted} goals", step=lambda: (states(), command(gripper)))
+    # Both hands are still closing when the policy opens them again.
+    robot.spin_until(lambda: sum(e[1] == "move" for e in robot.events) == 4, "the second moves",
+                     step=lambda: (states(), command(0.9)))
+    for ns in ("/left", "/right"):
+        mine = [kind for n, kind in robot.events if n == ns]
+        assert mine == ["move", "grasp", "cancel grasp", "move"], mine
 
 
 def test_franka_bridge_splits_a_stack_trajectory_per_arm(franka_robot):

@@ -9,10 +9,11 @@ time_from_start_s ahead (one control period), a stack trajectory is split per ar
 times kept; the controller interpolates between points at 1 kHz. The Franka Hand takes goals,
 not a stream: when an arm's normalised gripper command falls below close_below the bridge sends
 one franka_msgs Grasp goal (<ns>/franka_gripper/grasp), when it rises above open_above one Move
-goal to open_width (<ns>/franka_gripper/move); never a goal per tick. Both arms' joint states
-and both hands' finger joints (normalised) are merged into the stack's joint states. Nothing is
-sent before every joint's state has been heard, nor while a state topic is older than
-state_timeout_s.
+goal to open_width (<ns>/franka_gripper/move); never a goal per tick, and a goal still running
+when the next is sent is canceled first (franka_gripper then stops the hand): one goal per hand.
+Both arms' joint states and both hands' finger joints (normalised) are merged into the stack's
+joint states. Nothing is sent before every joint's state has been heard, nor while a state
+topic is older than state_timeout_s.
 
 franka_msgs is imported only here, when this bridge is chosen; without it the node exits with
 code 2 and says which package is missing.
@@ -59,6 +60,7 @@ class FrankaBridge(RobotBridge):
         self._latches = {arm: GripperLatch(c.gripper.close_below, c.gripper.open_above)
                          for arm in c.arms}
         self.gripper_goals_sent = 0
+        self._in_flight: dict[str, object] = {}     # arm -> goal handle not finished yet
         # A stack trajectory's gripper values are applied when their time comes.
         self.create_timer(self.embodiment.control_period, self._follow_gripper)
         self.get_logger().info(
@@ -117,6 +119,9 @@ class FrankaBridge(RobotBridge):
                                    f"{a.grasp_action if action == 'grasp' else a.move_action} "
                                    "is not available", "error")
                 continue
+            previous = self._in_flight.pop(arm, None)
+            if previous is not None:            # one goal per hand: the newer intent wins
+                previous.cancel_goal_async()
             if action == "grasp":
                 goal = self.Grasp.Goal(width=g.grasp_width, speed=g.speed, force=g.force)
                 goal.epsilon.inner, goal.epsilon.outer = g.epsilon_inner, g.epsilon_outer
@@ -131,10 +136,13 @@ class FrankaBridge(RobotBridge):
         if handle is None or not handle.accepted:
             self.get_logger().error(f"{arm}: gripper {action} goal rejected")
             return
+        self._in_flight[arm] = handle
         handle.get_result_async().add_done_callback(
-            lambda f: self._goal_done(arm, action, f.result()))
+            lambda f: self._goal_done(arm, action, handle, f.result()))
 
-    def _goal_done(self, arm: str, action: str, response) -> None:
+    def _goal_done(self, arm: str, action: str, handle, response) -> None:
+        if self._in_flight.get(arm) is handle:
+            del self._in_flight[arm]
         result = response.result
         if not result.success:
             # A grasp that closes on nothing fails by design; the policy sees it in the state.
