@@ -60,7 +60,8 @@ class FrankaBridge(RobotBridge):
         self._latches = {arm: GripperLatch(c.gripper.close_below, c.gripper.open_above)
                          for arm in c.arms}
         self.gripper_goals_sent = 0
-        self._in_flight: dict[str, object] = {}     # arm -> goal handle not finished yet
+        # arm -> the goal not finished yet: its send future until accepted, then its handle
+        self._in_flight: dict[str, object] = {}
         # A stack trajectory's gripper values are applied when their time comes.
         self.create_timer(self.embodiment.control_period, self._follow_gripper)
         self.get_logger().info(
@@ -121,22 +122,38 @@ class FrankaBridge(RobotBridge):
                 continue
             previous = self._in_flight.pop(arm, None)
             if previous is not None:            # one goal per hand: the newer intent wins
-                previous.cancel_goal_async()
+                self._cancel(previous)
             if action == "grasp":
                 goal = self.Grasp.Goal(width=g.grasp_width, speed=g.speed, force=g.force)
                 goal.epsilon.inner, goal.epsilon.outer = g.epsilon_inner, g.epsilon_outer
             else:
                 goal = self.Move.Goal(width=g.open_width, speed=g.speed)
-            client.send_goal_async(goal).add_done_callback(
+            sent = client.send_goal_async(goal)
+            self._in_flight[arm] = sent
+            sent.add_done_callback(
                 lambda f, arm=arm, action=action: self._goal_sent(arm, action, f))
             self.gripper_goals_sent += 1
+
+    @staticmethod
+    def _cancel(pending) -> None:
+        """Cancel a goal, also one whose acceptance has not arrived yet (then once it does)."""
+        if hasattr(pending, "cancel_goal_async"):
+            pending.cancel_goal_async()
+            return
+
+        def when_accepted(future):
+            handle = future.result()
+            if handle is not None and handle.accepted:
+                handle.cancel_goal_async()
+        pending.add_done_callback(when_accepted)
 
     def _goal_sent(self, arm: str, action: str, future) -> None:
         handle = future.result()
         if handle is None or not handle.accepted:
             self.get_logger().error(f"{arm}: gripper {action} goal rejected")
             return
-        self._in_flight[arm] = handle
+        if self._in_flight.get(arm) is future:
+            self._in_flight[arm] = handle
         handle.get_result_async().add_done_callback(
             lambda f: self._goal_done(arm, action, handle, f.result()))
 
