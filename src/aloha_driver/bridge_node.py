@@ -102,7 +102,11 @@ class RobotBridge(Node):
         t = time.monotonic()
         if t - self._last_log.get(key, -1e9) >= LOG_PERIOD_S:
             self._last_log[key] = t
-            getattr(self.get_logger(), level)(text)
+            # one call site per severity: rclpy refuses a call site whose severity changes
+            if level == "error":
+                self.get_logger().error(text)
+            else:
+                self.get_logger().warning(text)
 
     def refusal(self) -> str | None:
         """None while the robot may be commanded, else why not."""
