@@ -481,3 +481,23 @@ def test_real_bring_up_turns_the_robots_streams_into_observations(ros_context, m
     expect = ALOHA.home.copy()
     expect[ALOHA.gripper_index("right_arm")] = 0.0
     assert list(obs.joint_state.position) == pytest.approx(expect, abs=1e-6)
+
+
+def test_franka_bridge_without_gripper_servers_reports_and_keeps_running(ros_context,
+                                                                        monkeypatch, tmp_path):
+    """No franka_gripper node: an error per hand, no goal, the arms still commanded; refusals
+    logged after it do not bring the bridge down (it must exit 0 on SIGINT)."""
+    with_test_interfaces(monkeypatch)
+    robot = FakeRobot(ros_context, FRANKA)
+    traj = robot.record(JointTrajectory, "/left/joint_trajectory_controller/joint_trajectory")
+    log = tmp_path / "franka_bridge.log"
+    with robot.bridge("franka_bridge_node", log):
+        states = franka_states(robot, FRANKA.home, 0.04)
+        robot.spin_until(lambda: traj, "an arm command",
+                         step=lambda: (states(), robot.send_position(FRANKA.home)))
+        robot.spin_for(FRANKA.real_driver["state_timeout_s"] + 0.5)      # states stop
+        robot.spin_for(0.5, step=lambda: robot.send_position(FRANKA.home))
+    text = log.read_text()
+    assert "gripper action server /left/franka_gripper/move is not available" in text
+    assert "command refused: joint states older than" in text
+    robot.node.destroy_node()
