@@ -22,6 +22,8 @@ Parameters (defaults from config/<embodiment>.yaml `real_driver:`):
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from aloha_driver.bridge_node import RobotBridge, import_robot_interface
@@ -31,6 +33,7 @@ from bimanual_core.node_runner import run_node
 from bimanual_core.ros_conversions import RELIABLE_QOS
 
 INTERBOTIX_ORIGIN = "Interbotix/interbotix_ros_core, interbotix_ros_xseries/interbotix_xs_msgs"
+RESEND_S = 2.0
 
 
 class XsSdkBridge(RobotBridge):
@@ -78,14 +81,22 @@ class XsSdkBridge(RobotBridge):
         return super().refusal()
 
     def _verify_groups(self) -> None:
+        """Ask each unconfirmed follower; a question unanswered for RESEND_S is asked again
+        (DDS may drop a first reply)."""
         for arm, client in list(self._unverified.items()):
-            if arm in self._pending or not client.service_is_ready():
+            pending = self._pending.get(arm)
+            if pending is not None and time.monotonic() - pending[1] < RESEND_S:
+                continue
+            if not client.service_is_ready():
                 continue
             request = self.RobotInfo.Request(cmd_type="group", name=self.contract.group_name)
-            self._pending[arm] = client.call_async(request)
-            self._pending[arm].add_done_callback(lambda f, arm=arm: self._on_group_info(arm, f))
+            future = client.call_async(request)
+            self._pending[arm] = (future, time.monotonic())
+            future.add_done_callback(lambda f, arm=arm: self._on_group_info(arm, f))
 
     def _on_group_info(self, arm: str, future) -> None:
+        if arm not in self._unverified:
+            return                          # an earlier or later answer already settled it
         self._pending.pop(arm, None)
         response = future.result()
         if response is None:
