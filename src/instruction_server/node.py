@@ -33,6 +33,8 @@ Parameters:
     transformers.model_path, transformers.gguf_file, transformers.max_new_tokens, gemini.model,
     gemini.base_url, gemini.timeout_s, gemini.retries (API key from GOOGLE_API_KEY/GEMINI_API_KEY).
   step_retries (int, 1): retries of a failed step (a goal may ask for another count).
+  planner_safety (bool, true): the planner's own judgment joins the rule screen (a model that
+    refuses too much, such as Gemma-3-270M in bench/safety.py, can be left out: rules only).
   program_time_limit_s (float, 2): wall-clock budget of a code-as-policy program's run.
   success_check (str, "auto"): how steps are judged: "auto" (the simulator's ground truth when it
     publishes it, else ER, else the policy's report), "sim_state", "er" (3D boxes from ER queries
@@ -79,7 +81,8 @@ class InstructionServer(Node):
                               ("service_resend_s", 2.0), ("settle_s", 1.5),
                               ("clock_stall_timeout_s", 15.0), ("planner", "rule"),
                               ("step_retries", 1), ("program_time_limit_s", 2.0),
-                              ("success_check", "auto"), ("er_timeout_s", 10.0)):
+                              ("success_check", "auto"), ("er_timeout_s", 10.0),
+                              ("planner_safety", True)):
             if not self.has_parameter(name):          # given: declared from the override
                 self.declare_parameter(name, default)
         p = lambda name: self.get_parameter(name).value  # noqa: E731
@@ -106,6 +109,7 @@ class InstructionServer(Node):
             raise ValueError("parameter success_check must be auto, sim_state, er or policy, got "
                              f"{self._check_mode!r}")
         self._er_timeout = float(p("er_timeout_s"))
+        self._planner_safety = bool(p("planner_safety"))
         self._planners: dict[str, object] = {}
 
         embodiment = load_embodiment(p("embodiment"))
@@ -317,7 +321,8 @@ class InstructionServer(Node):
             return finish(False, f"rejected: {exc}", "validation")
         context["planner"] = planner.name
         report("screening", 0.0, "checking the instruction is safe")
-        verdict = screen(goal.instruction, planner.judge, planner.name)
+        verdict = screen(goal.instruction, planner.judge if self._planner_safety else None,
+                         planner.name)
         if verdict.refused:
             return finish(False, f"refused as unsafe ({verdict.decided_by}): {verdict.reason}",
                           "safety", refused=True)
