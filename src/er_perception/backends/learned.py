@@ -2,8 +2,9 @@
 ROS imports).
 
 `er_perception.learned` grounds each object phrase of a query ("the cube that is red") as the sum
-of a colour map and an object map over frozen EfficientNet-Lite0 features, with words embedded by
-frozen MiniLM; the peak of the map is the object, the box regressed there its box. Everything
+of a colour map (from the image's cell colour histograms) and an object map (from frozen
+EfficientNet-Lite0 features), with words embedded by frozen MiniLM; the peak of the map is the
+object, the box regressed there its box. Everything
 after the boxes is the `hf` backend's (this class reuses it): points at box centres, top-down
 grasps across the short side, straight trajectories between two objects, 3D from the depth at
 the box centre. It runs offline on a CPU (one frame: ~30 ms of encoder + a few ms per phrase).

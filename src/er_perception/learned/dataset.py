@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from er_perception.learned.model import STRIDE, ImageEncoder
+from er_perception.learned.model import STRIDE, ImageEncoder, colour_histograms
 from er_perception.learned.scenes import OBJECT_KINDS, SceneGenerator
 
 SCENES_FILE, META_FILE = "scenes.npz", "meta.json"
@@ -100,6 +100,8 @@ class TrainingSet:
         self.coverage, self.boxes = torch.from_numpy(cov), torch.from_numpy(boxes)
         self.valid = torch.from_numpy(valid)
         rgb = data["rgb"]
+        self.colour_cells = torch.cat([colour_histograms(torch.from_numpy(rgb[i:i + 10])).half()
+                                       for i in range(0, len(rgb), 10)])
         self.s8, self.s16 = self._features(root, rgb, "", encoder, batch, say)
         # The same scenes in other hues: the objects' shapes without their colours (see train).
         angles = np.random.default_rng(HUE_SEED).uniform(*HUE_ROTATION_RANGE, len(rgb))

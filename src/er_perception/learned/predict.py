@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from er_perception.backends.hf import _iou as box_iou  # IoU of one box with (N, 4) boxes
 from er_perception.language import phrase_attributes
-from er_perception.learned.model import GroundingHead, ImageEncoder, WordEncoder, cell_centres
+from er_perception.learned.model import (GroundingHead, ImageEncoder, WordEncoder, cell_centres,
+                                         colour_histograms)
 
 
 @dataclass
@@ -36,7 +37,8 @@ class Found:
 class ImageMaps:
     """One image's head features and box distances, reused by every phrase asked about it."""
 
-    features: torch.Tensor      # (1, d, h, w)
+    features: torch.Tensor      # (1, d, h, w) object features
+    colour: torch.Tensor        # (1, c, h, w) colour features
     distances: torch.Tensor     # (1, 4, h, w) pixels
     height: int
     width: int
@@ -56,7 +58,9 @@ class Grounder:
     def maps(self, rgb: np.ndarray) -> ImageMaps:
         s8, s16 = self.images(rgb[None])
         features = self.head.trunk_features(s8, s16)
-        return ImageMaps(features, self.head.box_distances(features), *rgb.shape[:2])
+        colour = self.head.colour_features(colour_histograms(torch.from_numpy(rgb[None]))
+                                           .to(self.device))
+        return ImageMaps(features, colour, self.head.box_distances(features), *rgb.shape[:2])
 
     @torch.inference_mode()
     def phrase_logits(self, maps: ImageMaps, phrase: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,7 +73,8 @@ class Grounder:
         total = torch.zeros(maps.features.shape[-2:], device=self.device)
         log_score = torch.zeros_like(total)
         for kind, word in words:
-            logits = self.head.word_logits(maps.features, kind, self.words([word]).to(self.device))
+            features = maps.colour if kind == "colour" else maps.features
+            logits = self.head.word_logits(features, kind, self.words([word]).to(self.device))
             total = total + logits[0, 0]
             log_score = log_score + F.logsigmoid(logits[0, 0])
         return total, log_score.exp()

@@ -95,7 +95,8 @@ def losses(head: GroundingHead, data: TrainingSet, idx: torch.Tensor, hue_idx: t
     """The losses on the images `idx` and on the hue-turned copies of the images `hue_idx`
     (object maps and boxes only: their colours are not the named ones)."""
     features = head.trunk_features(data.s8[idx], data.s16[idx])
-    colour_logits = head.word_logits(features, "colour", colour_words)       # (B, Kc, H, W)
+    colour_logits = head.word_logits(head.colour_features(data.colour_cells[idx]), "colour",
+                                     colour_words)                           # (B, Kc, H, W)
     noun_logits = head.word_logits(features, "noun", noun_words)             # (B, Kn, H, W)
     cov, valid = data.coverage[idx], data.valid[idx]                         # (B, M, H, W)
     colour, noun = data.colour[idx].clamp(min=0), data.noun[idx].clamp(min=0)
@@ -165,7 +166,8 @@ def train(settings: TrainSettings, say: Callable[[str], None] = print) -> Path:
                 say(" ".join(f"{k}={v}" for k, v in row.items()))
     head.save(out, extra=dict(training=dict(
         data=str(settings.data_dir), scenes=len(data), steps=settings.steps,
-        batch_size=settings.batch_size, learning_rate=settings.learning_rate,
-        seed=settings.seed, held_out_pairs=data.meta.get("held_out", []),
+        batch_size=settings.batch_size, hue_batch_size=settings.hue_batch_size,
+        learning_rate=settings.learning_rate, positive_weight=settings.positive_weight,
+        threads=settings.threads, seed=settings.seed, held_out_pairs=data.meta.get("held_out", []),
         final_loss=log[-1]["loss"] if log else None)))
     return out
