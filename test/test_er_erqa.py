@@ -91,3 +91,17 @@ def test_gemini_failure_counts_as_wrong(tmp_path, api_key):
     with ReplayServer() as server:          # no recorded reply: HTTP 500
         report = evaluate(make_backend("gemini", base_url=server.url, retries=0), questions)
     assert report["accuracy"] == 0.0 and report["replies"][0]["error"].startswith("gemini:")
+
+
+def test_cli_commands_report_and_refuse(tmp_path, capsys):
+    from bimanual_core.cli import main
+    path = _write(tmp_path, QUESTIONS[:1])
+    assert main(["er-erqa", "--backend", "sim", "--file", str(path)]) == 2
+    assert "sim backend cannot answer questions" in capsys.readouterr().err
+    out = tmp_path / "eval.json"
+    assert main(["er-eval", "--backend", "sim", "--scenes", "1", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["backend"] == "sim" and report["queries"] == 3
+    assert report["pointing_accuracy"] == 1.0 and report["box_ap50"] == 1.0
+    assert main(["er-train", "--data", str(tmp_path / "none"), "--out", str(tmp_path)]) == 2
+    assert "er-data --out" in capsys.readouterr().err

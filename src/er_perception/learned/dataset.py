@@ -81,7 +81,7 @@ class TrainingSet:
         root = Path(data_dir)
         if not (root / SCENES_FILE).is_file():
             raise ValueError(f"{root} holds no {SCENES_FILE}; generate it with "
-                             "`bimanual-vla er-data --out {root}`")
+                             f"`bimanual-vla er-data --out {root}`")
         self.meta = json.loads((root / META_FILE).read_text())
         data = np.load(root / SCENES_FILE)
         self.colours, self.nouns = self.meta["colours"], self.meta["nouns"]
