@@ -3,7 +3,9 @@
 rclpy.init installs SIGINT/SIGTERM handlers that shut the context down, which ends `spin`; the
 node is then destroyed and the process exits 0. A node that cannot start because of a bad
 parameter or configuration (ValueError, ConfigError) logs one FATAL line with the reason, no
-traceback, and exits 2.
+traceback, and exits 2. A signal can shut the context down while a callback is running; rclpy
+then raises from inside that callback (e.g. "Unable to convert call argument" from a publish on
+the dead context). Such an error after shutdown has begun is the shutdown itself, not a failure.
 """
 from __future__ import annotations
 
@@ -45,6 +47,9 @@ def run_node(make_node: Callable[[], N], name: str, args=None, threads: int = 1,
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        if rclpy.ok():
+            raise
     finally:
         if node is not None:
             if after_spin:
