@@ -109,9 +109,9 @@ class SceneGenerator:
         self.pairs = [p for p in all_pairs(self.colours)
                       if split == "test" or p not in self.held_out]
         self.min_objects, self.max_objects = min_objects, max_objects
-        self.sim = AlohaSim(load_embodiment(embodiment), task="er",
-                            tasks=scene_tasks(self.colours))
-        self.sim.embodiment.cameras[camera]      # raises on an unknown camera
+        robot = load_embodiment(embodiment)
+        robot.camera(camera)                     # raises, naming the known cameras
+        self.sim = AlohaSim(robot, task="er", tasks=scene_tasks(self.colours))
         self._slots = {noun: [o for o in self.sim.scene.objects if o.name.startswith(noun + "_")]
                        for noun in OBJECT_KINDS}
         self._specs = {s.name: s for s in self.sim.scene.object_specs}
