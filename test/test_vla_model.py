@@ -133,13 +133,14 @@ def uniform_image_inputs(value: int, elapsed: float = 0.0) -> dict:
                 elapsed=torch.tensor([elapsed]))
 
 
-def write_demos(root, episodes=4, steps=60):
+def write_demos(root, episodes=4, steps=60, embodiment=EMB):
     """Episodes whose actions depend on what the camera sees (bright: raise joint 0)."""
-    writer = LeRobotWriter(root, 50.0, EMB.joint_names, CAMS, (48, 64), "aloha2")
+    writer = LeRobotWriter(root, 50.0, embodiment.joint_names, CAMS, (48, 64), embodiment.name)
     for e in range(episodes):
         bright = e % 2 == 0
         ramp = np.linspace(0, 1, steps)[:, None] * (1.0 if bright else -1.0)
-        actions = np.tile(EMB.home, (steps, 1)) + ramp * np.eye(14)[0]
+        actions = (np.tile(embodiment.home, (steps, 1))
+                   + ramp * np.eye(embodiment.action_dim)[0])
         frames = {c: [np.full((48, 64, 3), 220 if bright else 30, np.uint8)] * steps
                   for c in CAMS}
         writer.add_episode(Episode("pick up the red cube", actions, actions, frames, True))

@@ -332,8 +332,11 @@ def cmd_train(args) -> int:
 
 def cmd_finetune(args) -> int:
     from bimanual_core.config import resolve_checkpoint
-    return _run_training(_train_settings(args, init_from=resolve_checkpoint(args.checkpoint),
-                                         warmup_steps=50), "finetune")
+    settings = _train_settings(args, init_from=resolve_checkpoint(args.checkpoint),
+                               warmup_steps=50)
+    if args.target_embodiment:
+        settings.model["embodiment"] = args.target_embodiment
+    return _run_training(settings, "finetune")
 
 
 def _add_training_args(p: argparse.ArgumentParser, steps: int, lr: float) -> None:
@@ -463,6 +466,10 @@ def build_parser() -> argparse.ArgumentParser:
     ft = sub.add_parser("finetune", help="fine-tune a checkpoint on a few demonstrations")
     ft.add_argument("--checkpoint", default="default", help="directory, or a name in models/")
     _add_training_args(ft, steps=1000, lr=2e-4)
+    ft.add_argument("--embodiment", dest="target_embodiment", default=None,   # not stack.yaml's
+                    help="fine-tune for this config/<name>.yaml (default: the data's robot_type); "
+                         "another robot's checkpoint keeps its shared weights and gets new "
+                         "joint layers (runs/<out>/transfer.json lists which)")
     ft.set_defaults(func=cmd_finetune)
 
     demo = sub.add_parser("demo", help="bring up the simulated stack, run one instruction, record it")

@@ -36,6 +36,7 @@ from vla_data.lerobot import ENV_STATE_KEY, LeRobotDataset
 from vla_model.configuration import BimanualVLAConfig
 from vla_model.modeling import BimanualVLAModel
 from vla_model.processing import TextEncoder, pick_device
+from vla_model.transfer import adapt_to_embodiment, needs_transfer
 
 TRAINER_STATE = "trainer_state.pt"
 VIEW_ELAPSED_S = 10.0    # a view has no episode time: it gets a random one, so points ignore it
@@ -228,11 +229,35 @@ def _lr(step: int, settings: TrainSettings) -> float:
     return settings.learning_rate * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def build_model(settings: TrainSettings, say) -> BimanualVLAModel:
+def _target_embodiment(settings: TrainSettings) -> str | None:
+    """The embodiment to train for: --embodiment, else the first dataset's robot_type when it
+    names a config/<name>.yaml (what record-expert writes), else None (the checkpoint's own)."""
+    from bimanual_core.config import config_dir
+    if settings.model.get("embodiment"):
+        return settings.model["embodiment"]
+    robot = LeRobotDataset(settings.datasets[0]).info.get("robot_type") if settings.datasets else None
+    return robot if robot and (config_dir() / f"{robot}.yaml").exists() else None
+
+
+def build_model(settings: TrainSettings, say) -> tuple[BimanualVLAModel, bool]:
+    """The model to train and whether its joint normalisation must come from the data (a new
+    model, or a checkpoint re-headed for another embodiment)."""
+    from bimanual_core.config import load_embodiment
     if settings.init_from:
         say(f"[train] fine-tuning {settings.init_from}")
-        return BimanualVLAModel.from_pretrained(settings.init_from)
-    from bimanual_core.config import load_embodiment
+        model = BimanualVLAModel.from_pretrained(settings.init_from)
+        target = _target_embodiment(settings)
+        if target is None:
+            return model, False
+        embodiment = load_embodiment(target)
+        if not needs_transfer(model, embodiment):
+            return model, False
+        model, report = adapt_to_embodiment(model, embodiment, seed=settings.seed)
+        say(f"[train] cross-embodiment transfer {report.summary()}")
+        output = Path(settings.output_dir)
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "transfer.json").write_text(json.dumps(report.as_dict(), indent=1))
+        return model, True
     embodiment = load_embodiment(settings.model.get("embodiment", "aloha2"))
     overrides = dict(action_dim=embodiment.action_dim, chunk_size=embodiment.chunk_horizon,
                      joint_names=embodiment.joint_names, embodiment=embodiment.name,
@@ -241,7 +266,7 @@ def build_model(settings: TrainSettings, say) -> BimanualVLAModel:
     roots = settings.datasets + settings.view_datasets
     overrides["point_head"] = any(LeRobotDataset(r).environment_names for r in roots)
     overrides.update(settings.model)
-    return BimanualVLAModel.from_encoders(BimanualVLAConfig(**overrides))
+    return BimanualVLAModel.from_encoders(BimanualVLAConfig(**overrides)), True
 
 
 def _concat(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -265,8 +290,8 @@ def train(settings: TrainSettings,
     rng = np.random.default_rng(settings.seed + rank)
 
     resume_from = _latest_checkpoint(output) if settings.resume else None
-    model = (BimanualVLAModel.from_pretrained(resume_from) if resume_from
-             else build_model(settings, say))
+    model, fresh_stats = ((BimanualVLAModel.from_pretrained(resume_from), False) if resume_from
+                          else build_model(settings, say))
     text = TextEncoder(model.config.text_encoder, model.config.max_text_tokens, device)
     demos = DemoSet(settings.datasets, model, text, settings.image_stride, device, say)
     train_rows, val_rows = demos.split(settings.val_fraction, np.random.default_rng(settings.seed))
@@ -277,7 +302,9 @@ def train(settings: TrainSettings,
         views = DemoSet(settings.view_datasets, model, text, 1, device, say, views=True)
         view_train, view_val = views.split(settings.val_fraction,
                                            np.random.default_rng(settings.seed))
-    if not resume_from and not settings.init_from:
+    if fresh_stats and settings.init_from:      # re-headed: new joints, the same world
+        model.set_normalization(*demos.stats())
+    elif fresh_stats:
         points = np.concatenate([demos.known_points()]
                                 + ([views.known_points()] if views else []))
         model.set_normalization(*demos.stats(), *((points.mean(0), points.std(0)) if len(points)
