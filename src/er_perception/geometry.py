@@ -224,3 +224,68 @@ def mask_grasp(mask: np.ndarray) -> MaskGrasp:
     axis = np.array([np.cos(angle), np.sin(angle)])
     across = pts @ axis
     return MaskGrasp(v=cv, u=cu, angle=angle, width=float(across.max() - across.min() + 1.0))
+
+
+@dataclass(frozen=True)
+class Correspondence:
+    """Where a world point appears in a camera, and whether that camera actually sees it."""
+
+    y: float                  # ER [y, x] in the target image (may lie outside 0..1000)
+    x: float
+    depth: float              # z-depth of the point in the target camera (negative: behind it)
+    visible: bool             # inside the image, in front of the camera, not occluded
+    reason: str = ""          # why not visible ("" when visible)
+
+
+def deproject_er(y, x, depth, K, pose: CameraPose) -> np.ndarray:
+    """ER point [y, x] (0..1000) in an image with its z-depth image -> the world point it shows.
+
+    The depth is read at the nearest pixel; a point without a depth return there cannot be
+    placed in 3D and raises GeometryError."""
+    depth = np.asarray(depth, dtype=float)
+    if depth.ndim != 2:
+        raise GeometryError(f"a depth image is 2-D, got shape {depth.shape}")
+    h, w = depth.shape
+    if not (0 <= y <= ER_SCALE and 0 <= x <= ER_SCALE):
+        raise GeometryError(f"ER point [y, x] must lie in 0..{ER_SCALE:.0f}, got [{y}, {x}]")
+    v, u = from_er(y, x, w, h)
+    row, col = min(max(int(round(v)), 0), h - 1), min(max(int(round(u)), 0), w - 1)
+    z = depth[row, col]
+    if not (np.isfinite(z) and z > 0):
+        raise GeometryError(f"no depth return at [{y:.0f}, {x:.0f}] (pixel {col}, {row})")
+    return back_project(u, v, z, K, pose)[0]
+
+
+def correspond(point, K, pose: CameraPose, width: int, height: int, depth=None,
+               tolerance_m: float = 0.02, window_px: int = 1) -> Correspondence:
+    """Project a world point into a camera and say whether the camera sees it there.
+
+    Visible means: in front of the camera, inside its image and, when the camera's depth image
+    is given, not occluded: the depth at the projected pixel (or a neighbour within `window_px`,
+    so that points on an object's silhouette are not lost to rounding) agrees with the point's
+    z-depth within `tolerance_m`. A nearer surface there means occluded; only farther surfaces
+    (or no return) mean the point is not on what the camera sees."""
+    if not tolerance_m > 0:
+        raise GeometryError(f"tolerance_m must be > 0, got {tolerance_m}")
+    u, v, z = (float(a[0]) for a in project(np.asarray(point, dtype=float)[None], K, pose))
+    if not z > 0:
+        return Correspondence(float("nan"), float("nan"), z, False, "behind the camera")
+    y, x = to_er(v, u, width, height)
+    if not (-0.5 <= u < width - 0.5 and -0.5 <= v < height - 0.5):
+        return Correspondence(y, x, z, False, "outside the image")
+    if depth is None:
+        return Correspondence(y, x, z, True)
+    depth = np.asarray(depth, dtype=float)
+    if depth.shape != (height, width):
+        raise GeometryError(f"depth is {depth.shape}, the image is {(height, width)}")
+    row, col = int(round(v)), int(round(u))
+    seen = depth[max(row - window_px, 0):row + window_px + 1,
+                 max(col - window_px, 0):col + window_px + 1]
+    seen = seen[np.isfinite(seen) & (seen > 0)]
+    if seen.size and np.any(np.abs(seen - z) <= tolerance_m):
+        return Correspondence(y, x, z, True)
+    if seen.size and np.min(seen) < z:
+        return Correspondence(y, x, z, False, f"occluded: a surface at {np.min(seen):.3f} m is "
+                                              f"in front of the point at {z:.3f} m")
+    return Correspondence(y, x, z, False, f"the depth there ({depth[row, col]:.3f} m) does not "
+                                          f"reach the point at {z:.3f} m")
