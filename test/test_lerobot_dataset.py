@@ -161,3 +161,17 @@ def test_scripted_expert_records_a_successful_pick(tmp_path):
     assert np.abs(frames[0].astype(int) - frames[-1].astype(int)).mean() > 1.0   # scene changed
     target = table["observation.environment_state"]               # the cube, tracked
     assert target[-1, 2] - target[0, 2] > 0.05
+
+
+@pytest.mark.slow
+def test_a_scene_the_expert_cannot_plan_is_a_failed_episode_not_a_crash(tmp_path):
+    """franka_duo scene 100058: the planner cannot time the descent inside the joint limits. The
+    run goes on: the seed is logged as failed and nothing is written for it."""
+    from vla_data.expert import ExpertSettings, generate
+    summary = generate(tmp_path / "demos", ExpertSettings(task="pick", embodiment="franka_duo",
+                                                          cameras=("cam_high",)),
+                       episodes=1, seed=100_058, workers=1)
+    assert summary["episodes_kept"] == 0
+    [(seed, reason)] = summary["failures"]
+    assert seed == 100_058 and "could not plan" in reason
+    assert (tmp_path / "demos" / "meta" / "expert_seeds.txt").read_text().split() == ["100058"]

@@ -132,10 +132,11 @@ class _Expert(_Collector):
                 for o in self.sim.objects()}
 
     def run(self, seed: int):
-        """One episode on scene `seed` -> (Episode, why it failed or None)."""
+        """One episode on scene `seed` -> (Episode, why it failed or None); (None, why) when the
+        planner cannot plan the scene at all."""
         from bimanual_core.instructions import parse_instruction
         from instruction_server.success import judge
-        from vla_backbone_node.policy import PolicyObservation
+        from vla_backbone_node.policy import PolicyError, PolicyObservation
         from vla_data.lerobot import Episode
 
         sim, policy = self.sim, self.policy
@@ -149,13 +150,17 @@ class _Expert(_Collector):
         settle_steps = int(round(SETTLE_S / dt))
         states, actions, targets, images = [], [], [], {c: [] for c in self.cameras}
         latest: dict[str, np.ndarray] = {}
-        chunk, done_at = None, None
+        chunk, done_at, refused = None, None, None
         for step in range(max_steps):
             if step % self.camera_every == 0:
                 latest = self.render()
             q = sim.joint_positions()
             if step % replan == 0 and done_at is None:
-                chunk = policy.infer(PolicyObservation(sim.time, q, instruction=instruction))
+                try:
+                    chunk = policy.infer(PolicyObservation(sim.time, q, instruction=instruction))
+                except PolicyError as exc:     # a scene the planner cannot solve: a failed episode
+                    refused = f"the expert could not plan: {exc}"
+                    break
                 offset = 0
                 if policy.status().done:
                     done_at = step
@@ -169,6 +174,9 @@ class _Expert(_Collector):
             sim.step(row)
             if done_at is not None and offset >= len(chunk) + settle_steps:
                 break
+        if refused:
+            policy.stop()
+            return None, refused                # no episode to keep, even with keep_failures
         verdict = judge(parse_instruction(instruction, sim.task), before, self._snapshot(),
                         self.criteria)
         policy.stop()
@@ -224,15 +232,16 @@ def _collect(out, settings, seed_log: str, episodes: int, seed: int, workers: in
     with ProcessPoolExecutor(max(1, workers), mp_context=ctx, initializer=_worker_init,
                              initargs=(settings,)) as pool:
         for n, (s, episode, failure) in enumerate(pool.map(_worker_run, todo), 1):
-            if failure is None or keep_failures:
+            if episode is not None and (failure is None or keep_failures):
                 writer.add_episode(episode)
                 kept += 1
             if failure is not None:
                 failed.append((s, failure))
             seeds.add(s)
             rate = n / (time.monotonic() - t0)
+            frames = len(episode) if episode is not None else 0
             say(f"[record] {n}/{len(todo)} seed {s}: {'FAILED' if failure else 'ok'} "
-                f"({len(episode)} frames) | kept {kept}, {rate * 60:.1f} episodes/min, "
+                f"({frames} frames) | kept {kept}, {rate * 60:.1f} episodes/min, "
                 f"eta {(len(todo) - n) / rate:.0f} s")
     return {"dataset": str(out), "episodes_kept": kept, "episodes_total": writer.num_episodes,
             "frames_total": writer.num_frames, "failures": failed,
