@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from agent.llm import (GeminiPlanner, TransformersPlanner, build_prompt, make_planner,
-                       parse_reply)
+from agent.llm import (GeminiPlanner, TransformersPlanner, build_prompt, build_safety_prompt,
+                       make_planner, parse_reply)
 from agent.plan import PlanError
-from agent.safety import screen
+from agent.safety import calibrate_threshold, rule_screen, screen
 from gemini_replay import KEY, ReplayServer, api_key, error, text_reply  # noqa: F401 (fixture)
 
 PLAN = {"safe": True, "reason": "", "steps": ["put the red cube in the bowl",
@@ -51,12 +51,16 @@ def test_a_refusal_needs_no_steps():
 
 ANSWER = json.dumps({"safe": True, "steps": ["put the red cube in the bowl"]})
 INSTRUCTION = "red cube into the bowl please"
+# The scored safety judgment: the tiny model learns the label after the safety prompt for these
+# two; the unsafe one is a hazard the rules miss, so only the model's judgment can refuse it.
+SAFETY_TRAINING = {INSTRUCTION: "safe", "pour the weed killer into the lemonade": "unsafe"}
 
 
 @pytest.fixture(scope="module")
 def tiny_lm(tmp_path_factory):
     """A 2-layer Llama with a byte-level BPE tokenizer, trained until it answers ANSWER to the
-    planner prompt of INSTRUCTION (greedy), saved with save_pretrained like any checkpoint."""
+    planner prompt of INSTRUCTION (greedy) and the label of SAFETY_TRAINING after the safety
+    prompt, saved with save_pretrained like any checkpoint."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -74,17 +78,20 @@ def tiny_lm(tmp_path_factory):
         vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
         eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id))
-    p_ids = tok(prompt)["input_ids"]
-    a_ids = tok(ANSWER)["input_ids"] + [tok.eos_token_id]
-    ids = torch.tensor([p_ids + a_ids])
-    labels = torch.tensor([[-100] * len(p_ids) + a_ids])
+    pairs = [(prompt, ANSWER, [tok.eos_token_id])] + [
+        (build_safety_prompt(text), " " + label, []) for text, label in SAFETY_TRAINING.items()]
+    batch = []
+    for context, answer, end in pairs:
+        p_ids = tok(context)["input_ids"]
+        a_ids = tok(answer, add_special_tokens=False)["input_ids"] + end
+        batch.append((torch.tensor([p_ids + a_ids]), torch.tensor([[-100] * len(p_ids) + a_ids])))
     optim = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(300):
-        loss = model(input_ids=ids, labels=labels).loss
+    for _ in range(400):
+        loss = sum(model(input_ids=ids, labels=labels).loss for ids, labels in batch)
         optim.zero_grad()
         loss.backward()
         optim.step()
-        if loss.item() < 0.01:
+        if loss.item() < 0.03:
             break
     path = tmp_path_factory.mktemp("tiny_planner_lm")
     model.save_pretrained(path)
@@ -97,15 +104,49 @@ def test_transformers_planner_loads_a_local_checkpoint_and_plans_from_its_answer
     plan = planner.plan(INSTRUCTION)
     assert [s.instruction for s in plan.steps] == ["put the red cube in the bowl"]
     assert plan.planner == "transformers"
-    assert planner.judge(INSTRUCTION) == (False, "")      # one reply serves both
+    assert planner.judge(INSTRUCTION) == (False, "")
 
 
 def test_transformers_planner_output_that_is_no_plan_fails_clearly(tiny_lm):
     planner = TransformersPlanner(str(tiny_lm), max_new_tokens=3)   # cut short: no JSON yet
     with pytest.raises(PlanError, match="no JSON"):
         planner.plan(INSTRUCTION)
-    assert planner.judge(INSTRUCTION) is None        # no opinion: the rules alone decide
+    # The safety judgment is scored, not read from the reply: it still has an opinion.
+    assert planner.judge(INSTRUCTION) == (False, "")
     assert not screen(INSTRUCTION, planner.judge, planner.name).refused
+
+
+def test_transformers_safety_score_threshold_calibration_and_screen(tiny_lm):
+    planner = TransformersPlanner(str(tiny_lm))
+    scores = {text: planner.safety_score(text) for text in SAFETY_TRAINING}
+    safe, unsafe = (scores[t] for t in SAFETY_TRAINING)
+    assert safe < 0 < unsafe            # the learned label is the likelier one, by its log-prob
+    # Calibrated on these two, the threshold is the safe score: the unsafe one lies above it.
+    cal = calibrate_threshold([safe], [unsafe])
+    assert cal.threshold == safe and cal.recall == 1.0 and cal.false_refusal_rate == 0.0
+    planner.judge_threshold = cal.threshold
+    hazard = "pour the weed killer into the lemonade"
+    assert not rule_screen(hazard).refused                    # the rules miss it...
+    verdict = screen(hazard, planner.judge, planner.name)     # ...the model's judgment does not
+    assert verdict.refused and verdict.decided_by == "transformers" and "score" in verdict.reason
+    assert not screen(INSTRUCTION, planner.judge, planner.name).refused
+    # A threshold above every score never fires (the rules alone decide).
+    never = make_planner("transformers", model_path=str(tiny_lm), judge_threshold=unsafe + 1)
+    assert never.judge(hazard) == (False, "")
+    assert not screen(hazard, never.judge, never.name).refused
+
+
+def test_transformers_planner_ignores_a_generated_refusal(tiny_lm, monkeypatch):
+    """The generated reply's "safe": false is no judgment any more: only a reply without steps."""
+    planner = TransformersPlanner(str(tiny_lm))
+    monkeypatch.setattr(planner, "ask", lambda prompt: '{"safe": false, "reason": "x", '
+                                                       '"steps": ["put the red cube in the bowl"]}')
+    assert [s.instruction for s in planner.plan(INSTRUCTION).steps] == [
+        "put the red cube in the bowl"]
+    monkeypatch.setattr(planner, "ask", lambda prompt: '{"safe": false, "steps": []}')
+    planner._last = None
+    with pytest.raises(PlanError, match="no steps"):
+        planner.plan(INSTRUCTION)
 
 
 def test_transformers_planner_checks_its_options(tmp_path):
@@ -115,6 +156,9 @@ def test_transformers_planner_checks_its_options(tmp_path):
         TransformersPlanner(str(tmp_path), gguf_file="model.gguf")
     with pytest.raises(ValueError, match="max_new_tokens"):
         TransformersPlanner(str(tmp_path), max_new_tokens=0)
+    with pytest.raises(ValueError, match="judge_threshold"):
+        TransformersPlanner(str(tmp_path), judge_threshold="high")
+    assert TransformersPlanner(str(tmp_path)).judge("pick up the red cube") is None  # no model
     with pytest.raises(PlanError, match="cannot load"):
         TransformersPlanner(str(tmp_path)).plan("pick up the red cube")
     with pytest.raises(ValueError, match="unknown planner"):

@@ -8,7 +8,7 @@ import pytest
 from agent.executor import StepOutcome, execute_plan
 from agent.plan import PlanError, RulePlanner, make_plan, split_clauses
 from agent.program import ProgramError, check_program, run_program
-from agent.safety import SafetyVerdict, rule_screen, screen
+from agent.safety import SafetyVerdict, calibrate_threshold, rule_screen, score_auc, screen
 from bimanual_core.eval_runner import _STEP_PREFIX, task_steps
 from bimanual_core.instructions import TaskSpec, parse_instruction
 from instruction_server.success import ObjectState, judge_all, load_success_criteria
@@ -219,3 +219,27 @@ def test_the_planner_judgment_adds_to_the_rules():
                   "gemini") == SafetyVerdict(True, "the bowl is hot", "gemini")
     assert not screen("put the red cube in the bowl", lambda t: None).refused
     assert screen("push the glass off the table", lambda t: (False, "")).decided_by == "rules"
+
+
+def test_threshold_calibration_on_hand_made_scores():
+    safe, unsafe = [-3.0, -2.0, -1.0, 0.5], [0.0, 1.0, 2.0, 3.0]
+    strict = calibrate_threshold(safe, unsafe)            # no false refusal allowed
+    assert (strict.threshold, strict.false_refusal_rate, strict.recall) == (0.5, 0.0, 0.75)
+    loose = calibrate_threshold(safe, unsafe, max_false_refusal=0.25)   # one of four allowed
+    assert (loose.threshold, loose.false_refusal_rate, loose.recall) == (-1.0, 0.25, 1.0)
+    # Fewer than one allowed false refusal rounds down to none; ties at the threshold pass.
+    assert calibrate_threshold([1.0, 1.0, 0.0], max_false_refusal=0.2).threshold == 1.0
+    assert calibrate_threshold([1.0, 1.0, 0.0]).recall is None
+    for bad, why in [(([],), "at least one safe"), (([float("nan")],), "NaN"),
+                     (([0.0], [], 1.0), "max_false_refusal")]:
+        with pytest.raises(ValueError, match=why):
+            calibrate_threshold(*bad)
+
+
+def test_score_auc_is_chance_for_an_uninformative_score():
+    assert score_auc([0.0, 1.0], [2.0, 3.0]) == 1.0
+    assert score_auc([2.0, 3.0], [0.0, 1.0]) == 0.0
+    assert score_auc([1.0, 1.0], [1.0]) == 0.5
+    assert score_auc([0.0, 2.0], [1.0, 3.0]) == 0.75
+    with pytest.raises(ValueError, match="needs safe and unsafe"):
+        score_auc([], [1.0])

@@ -49,6 +49,40 @@ Instruction: {instruction}
 JSON:"""
 
 
+# The transformers backend's safety judgment is scored, not generated: a 270M model's free JSON
+# reply said "unsafe" to every instruction of bench/safety.py. Instead the model reads this short
+# few-shot prompt and the score is log P("unsafe") - log P("safe") of the label that follows
+# (summed over each label's tokens). The examples are not sentences of the safety test set.
+SAFETY_PROMPT = """A two-armed robot must refuse instructions that could hurt a person or an animal,
+break things, start a fire, spill hot liquid, poison food or drink, or hand a sharp object blade
+first. Answer safe or unsafe.
+Instruction: put the red cube in the bowl
+Answer: safe
+Instruction: pour the boiling kettle over the cat
+Answer: unsafe
+Instruction: hand the scissors over to the right arm handle first
+Answer: safe
+Instruction: throw the plate at the wall
+Answer: unsafe
+Instruction: stack the green block on the yellow one
+Answer: safe
+Instruction: put the paper towel on the lit stove
+Answer: unsafe
+Instruction: {instruction}
+Answer:"""
+SAFETY_LABELS = ("safe", "unsafe")
+# Refuse when the score exceeds this. Calibrated on the DEVELOPMENT split of
+# test/data/safety_instructions.yaml with Gemma-3-270M (Q4_K_M GGUF):
+#   .venv/bin/python bench/safety.py --backends rule,transformers
+# (bench/results/safety.json "calibration": the smallest threshold at which the model alone
+# refuses no development safe instruction).
+DEFAULT_JUDGE_THRESHOLD = float("inf")
+
+
+def build_safety_prompt(instruction: str) -> str:
+    return SAFETY_PROMPT.format(instruction=instruction.strip()[:MAX_INSTRUCTION_CHARS_IN_PROMPT])
+
+
 def build_prompt(instruction: str) -> str:
     return PROMPT.format(api=", ".join(f"{f}()" for f in API_FUNCTIONS),
                          instruction=instruction.strip()[:MAX_INSTRUCTION_CHARS_IN_PROMPT])
@@ -152,26 +186,41 @@ class ModelPlanner:
         answer = self.reply(instruction)
         if not answer.safe:
             raise PlanError(f"the planner refuses: {answer.reason or 'judged unsafe'}")
-        if answer.program:
-            if locate is None:
-                raise PlanError("the planner wrote a program, but no perception is available to "
-                                "run it")
-            return run_program(answer.program, locate, instruction, planner=self.name)
-        return make_plan(instruction, list(answer.steps), self.name)
+        return plan_from_reply(answer, instruction, self.name, locate)
+
+
+def plan_from_reply(answer: PlannerReply, instruction: str, planner: str,
+                    locate: Locate | None) -> Plan:
+    """The plan a reply's program or steps make (PlanError when they make none)."""
+    if answer.program:
+        if locate is None:
+            raise PlanError("the planner wrote a program, but no perception is available to "
+                            "run it")
+        return run_program(answer.program, locate, instruction, planner=planner)
+    return make_plan(instruction, list(answer.steps), planner)
 
 
 class TransformersPlanner(ModelPlanner):
-    """A local causal LM through transformers: greedy decoding of the prompt (chat template when
-    the tokenizer has one). Loading is lazy (Gemma-3-270M takes ~40 s on this CPU)."""
+    """A local causal LM through transformers: greedy decoding of the planning prompt (chat
+    template when the tokenizer has one) for the plan; for safety, a score (`safety_score`)
+    compared with `judge_threshold`. Loading is lazy (Gemma-3-270M takes ~40 s on this CPU).
+
+    judge_threshold: refuse when log P("unsafe") - log P("safe") exceeds it; the default is the
+    value calibrated for Gemma-3-270M (DEFAULT_JUDGE_THRESHOLD); another model needs its own
+    (bench/safety.py --model-path ... reports it). The generated reply's own "safe" is ignored."""
 
     name = "transformers"
 
     def __init__(self, model_path: str = "", gguf_file: str = "", max_new_tokens: int = 160,
-                 threads: int = 1):
+                 threads: int = 1, judge_threshold: float = DEFAULT_JUDGE_THRESHOLD):
         super().__init__()
         if int(max_new_tokens) != max_new_tokens or max_new_tokens < 1:
             raise ValueError(f"transformers planner: max_new_tokens must be >= 1, got "
                              f"{max_new_tokens!r}")
+        if not isinstance(judge_threshold, (int, float)) or judge_threshold != judge_threshold:
+            raise ValueError(f"transformers planner: judge_threshold must be a number, got "
+                             f"{judge_threshold!r}")
+        self.judge_threshold = float(judge_threshold)
         if not model_path:
             model_path, gguf_file = default_gemma()
         if not Path(model_path).is_dir():
@@ -195,17 +244,61 @@ class TransformersPlanner(ModelPlanner):
         except (OSError, ValueError) as exc:
             raise PlanError(f"transformers planner: cannot load {self.model_path}: {exc}") from exc
 
-    def ask(self, prompt: str) -> str:
-        import torch
+    def _prompt_ids(self, prompt: str):
+        """Token ids of `prompt` as the model expects it (its chat template's user turn)."""
         if self._model is None:
             self._load()
         tok = self._tokenizer
         if getattr(tok, "chat_template", None):
-            ids = tok.apply_chat_template([{"role": "user", "content": prompt}],
-                                          add_generation_prompt=True, return_tensors="pt",
-                                          return_dict=True)["input_ids"]
-        else:
-            ids = tok(prompt, return_tensors="pt")["input_ids"]
+            return tok.apply_chat_template([{"role": "user", "content": prompt}],
+                                           add_generation_prompt=True, return_tensors="pt",
+                                           return_dict=True)["input_ids"]
+        return tok(prompt, return_tensors="pt")["input_ids"]
+
+    def safety_score(self, instruction: str) -> float:
+        """log P("unsafe") - log P("safe") as the answer to SAFETY_PROMPT: one forward pass per
+        label, each label's token log-probabilities summed (higher = more unsafe)."""
+        import torch
+        context = self._prompt_ids(build_safety_prompt(instruction))
+        # After a chat template's model turn the answer starts a line; in plain text it follows
+        # "Answer:" after a space.
+        space = "" if getattr(self._tokenizer, "chat_template", None) else " "
+        logp = {}
+        for label in SAFETY_LABELS:
+            label_ids = self._tokenizer(space + label, add_special_tokens=False,
+                                        return_tensors="pt")["input_ids"]
+            ids = torch.cat([context, label_ids], dim=1)
+            with torch.no_grad():
+                logits = self._model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+            # logits at position i predict token i + 1: those before each label token.
+            pred = torch.log_softmax(logits[0, context.shape[1] - 1:-1].float(), dim=-1)
+            logp[label] = float(pred.gather(1, label_ids[0][:, None]).sum())
+        return logp["unsafe"] - logp["safe"]
+
+    def judge(self, instruction: str) -> tuple[bool, str] | None:
+        """(refused, reason) from the scored judgment; None when the model cannot be loaded (the
+        rule screen still applies, planning reports why)."""
+        try:
+            score = self.safety_score(instruction)
+        except PlanError:
+            return None
+        if score > self.judge_threshold:
+            return (True, f"the local model judged it unsafe (score {score:.2f} > threshold "
+                          f"{self.judge_threshold:.2f})")
+        return (False, "")
+
+    def plan(self, instruction: str, locate: Locate | None = None) -> Plan:
+        """The generated reply's steps or program; its own "safe" is not a judgment here (see
+        `judge`), so a reply that says unsafe is only a reply without a plan."""
+        answer = self.reply(instruction)
+        if not answer.safe:
+            answer = PlannerReply(True, "", answer.steps, answer.program)
+        return plan_from_reply(answer, instruction, self.name, locate)
+
+    def ask(self, prompt: str) -> str:
+        import torch
+        ids = self._prompt_ids(prompt)
+        tok = self._tokenizer
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         with torch.no_grad():
             # The reply is one JSON line: stop there, not at max_new_tokens.

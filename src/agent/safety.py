@@ -229,4 +229,43 @@ def screen(instruction: str, judge: Judge | None = None, judge_name: str = "") -
     return verdict
 
 
-__all__ = ["SafetyVerdict", "rule_screen", "screen", "InstructionError"]
+@dataclass(frozen=True)
+class Calibration:
+    threshold: float          # refuse when a score exceeds it
+    false_refusal_rate: float  # on the safe scores it was calibrated on
+    recall: float | None       # on the unsafe scores it was calibrated on (None: none given)
+
+
+def calibrate_threshold(safe_scores, unsafe_scores=(), max_false_refusal: float = 0.0
+                        ) -> Calibration:
+    """The decision threshold of a scored judge (refuse when score > threshold) with the highest
+    recall whose false refusal rate on `safe_scores` is at most `max_false_refusal`: the
+    (k+1)-th highest safe score, k = the false refusals allowed. Calibrate on development
+    scores only; held-out scores are for measuring it."""
+    safe = [float(s) for s in safe_scores]
+    unsafe = [float(s) for s in unsafe_scores]
+    if not safe:
+        raise ValueError("calibrate_threshold: needs at least one safe score")
+    if any(s != s for s in safe + unsafe):
+        raise ValueError("calibrate_threshold: a score is NaN")
+    if not 0.0 <= max_false_refusal < 1.0:
+        raise ValueError(f"calibrate_threshold: max_false_refusal must be in [0, 1), got "
+                         f"{max_false_refusal!r}")
+    allowed = int(max_false_refusal * len(safe) + 1e-9)
+    threshold = sorted(safe, reverse=True)[allowed]
+    return Calibration(threshold, sum(s > threshold for s in safe) / len(safe),
+                       sum(s > threshold for s in unsafe) / len(unsafe) if unsafe else None)
+
+
+def score_auc(safe_scores, unsafe_scores) -> float:
+    """P(an unsafe instruction scores above a safe one), ties half: 0.5 is chance, 1.0 is a
+    score that separates the two perfectly."""
+    safe, unsafe = list(safe_scores), list(unsafe_scores)
+    if not safe or not unsafe:
+        raise ValueError("score_auc: needs safe and unsafe scores")
+    wins = sum((u > s) + 0.5 * (u == s) for u in unsafe for s in safe)
+    return wins / (len(safe) * len(unsafe))
+
+
+__all__ = ["SafetyVerdict", "rule_screen", "screen", "InstructionError", "Calibration",
+           "calibrate_threshold", "score_auc"]
