@@ -1,6 +1,11 @@
 """er_perception on the MuJoCo ALOHA 2 scene (aloha_sim_node): multi-view correspondence of the
 red cube across the four cameras, continuous tracking on a topic, and annotated images saved
-headless."""
+headless (by the node and by `bimanual-vla er-query`)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image as PILImage
@@ -64,8 +69,17 @@ def test_correspondence_tracking_and_saved_images(ros_context, tmp_path):
         by_point = call(camera="cam_high", y=by_query.source.y, x=by_query.source.x,
                         target_cameras=["cam_low"])
         unknown = call(camera="cam_high", query="red cube", target_cameras=["cam_x"])
+        cli_png = tmp_path / "cli.png"
+        cli = subprocess.run([str(Path(sys.executable).parent / "bimanual-vla"), "er-query",
+                              "--type", "points", "--query", "red cube", "--camera", "cam_low",
+                              "--save", str(cli_png)], capture_output=True, text=True, timeout=60)
+        bad = subprocess.run([str(Path(sys.executable).parent / "bimanual-vla"), "er-query",
+                              "--query", "red cube", "--camera", "cam_x"],
+                             capture_output=True, text=True, timeout=60)
         no_depth = call(camera="cam_high", y=1.0, x=1.0)     # the corner sees nothing
-        # Tracking: count messages over a few seconds of wall time.
+        # Tracking: count messages over a few seconds of wall time, after taking in the ones
+        # queued while the test was not spinning.
+        spin_until(executor, lambda: False, timeout_s=1.0)
         start = len(tracked)
         t0 = node.get_clock().now().nanoseconds
         spin_until(executor, lambda: False, timeout_s=4.0)
@@ -102,6 +116,19 @@ def test_correspondence_tracking_and_saved_images(ros_context, tmp_path):
             v, u = np.nonzero(seg == red)
             ymin, xmin, ymax, xmax = box.box_2d
             assert ymin <= v.mean() * 1000 / 240 <= ymax and xmin <= u.mean() * 1000 / 320 <= xmax
+
+    # The CLI: Gemini ER JSON on stdout, the annotated image saved; a refusal exits 1.
+    assert cli.returncode == 0, cli.stderr
+    answer = json.loads(cli.stdout)
+    (pointed,) = answer["points"]
+    assert answer["camera"] == "cam_low" and pointed["label"] == "red cube"
+    seg = segmentation["cam_low"].get(answer["stamp_ns"] * 1e-9)
+    seg = seg if seg is not None else next(reversed(segmentation["cam_low"].values()))
+    y, x = pointed["point"]
+    assert seg[int(y * 240 / 1000), int(x * 320 / 1000)] == red
+    with PILImage.open(cli_png) as png:
+        assert png.size == (320, 240)
+    assert bad.returncode == 1 and "unknown camera 'cam_x'" in json.loads(bad.stdout)["message"]
 
     # Headless: every tracked frame's annotated image as a PNG named by stamp and query.
     files = sorted(saved.glob("*_red-cube.png"))

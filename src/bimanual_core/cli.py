@@ -514,6 +514,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from er_perception.learned.commands import add_er_commands   # er-data/-train/-eval/-erqa
     add_er_commands(sub)
+    from er_perception.query_cli import add_query_command       # er-query (a running stack)
+    add_query_command(sub)
     return parser
 
 

@@ -292,9 +292,13 @@ class ErPerception(Node):
             self._fill(response, frame, matched, kind[1], answer, request.with_3d)
             self._publish_visuals(frame, matched, {kind[1]: answer}, request.query,
                                   self._marker_pub, self._image_pub)
+        return self._finish(f"query {request.query_type} {request.query!r} on {camera}",
+                            response, start)
+
+    def _finish(self, what: str, response, start: float):
+        """Set the response's latency and log its outcome."""
         response.latency_ms = (time.perf_counter() - start) * 1e3
-        summary = (f"query {request.query_type} {request.query!r} on {camera}: "
-                   f"{'ok' if response.success else 'failed'}"
+        summary = (f"{what}: {'ok' if response.success else 'failed'}"
                    f"{': ' + response.message if response.message else ''} "
                    f"({response.latency_ms:.1f} ms)")
         # One call site per severity: rclpy refuses a call site that changes severity.
@@ -410,15 +414,8 @@ class ErPerception(Node):
             response.header.frame_id = frame.world_frame
             response.source = ErPoint(label=label, score=1.0, y=y, x=x, has_position_3d=True,
                                       position_3d=_point_msg(world)[1])
-        response.latency_ms = (time.perf_counter() - start) * 1e3
-        summary = (f"correspond {request.query or (request.y, request.x)!r} from {camera}: "
-                   f"{'ok' if response.success else 'failed'}"
-                   f"{': ' + response.message if response.message else ''}")
-        if response.success:
-            self.get_logger().info(summary)
-        else:
-            self.get_logger().warning(summary)
-        return response
+        return self._finish(f"correspond {request.query or (request.y, request.x)!r} from "
+                            f"{camera}", response, start)
 
     # -- continuous tracking ---------------------------------------------------------------------
     def _on_track(self) -> None:
