@@ -24,7 +24,8 @@ Parameters:
     bring-up) waits this long (wall clock) for it before failing with "no frame yet".
   correspond_tolerance_m (float, 0.02): multi-view correspondence counts a point as seen by a
     target camera when that camera's depth there agrees with the point's within this.
-  track_queries (str[], []): continuous tracking, off when empty: every 1/track_rate_hz these
+  track_queries (str[], []): continuous tracking, off when unset (rclpy refuses an empty list
+    given as an override: it has no type): every 1/track_rate_hz these
     queries run on the newest frame of track_camera (a frame already answered is skipped) and
     the results go out on `interfaces.er_tracking_topic` (bimanual_vla/ErTracking, stamped with
     the image's stamp, with 3D when the frame has depth), drawn on
