@@ -32,7 +32,8 @@ Parameters:
     /er_perception/tracking/markers and /er_perception/tracking/annotated_image.
   track_type (str, "boxes"): boxes or points.
   track_camera (str, ""): the tracked camera; empty = default_camera.
-  track_rate_hz (float, 2.0): tracking rate (> 0); at most the camera's frame rate in effect.
+  track_rate_hz (float, 2.0): tracking rate (> 0, wall clock even under use_sim_time); at
+    most the camera's frame rate in effect.
   save_annotated_dir (str, ""): when set, every annotated image (query answers and tracking) is
     also written there as PNG, named <stamp_ns>_<query>.png, for users without RViz.
 
@@ -56,6 +57,7 @@ from geometry_msgs.msg import PoseStamped, Vector3
 from PIL import Image as PILImage
 from rcl_interfaces.msg import ParameterDescriptor, ParameterType
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, Image
@@ -206,8 +208,11 @@ class ErPerception(Node):
         self._track_marker_pub = self.create_publisher(MarkerArray, TRACKING_MARKER_TOPIC,
                                                        LATCHED_QOS)
         self._track_image_pub = self.create_publisher(Image, TRACKING_IMAGE_TOPIC, LATCHED_QOS)
+        # Wall (steady) time: the rate is about compute, and a sim-time timer makes the
+        # multi-threaded executor busy-spin (bimanual_core.node_runner).
         self.create_timer(1.0 / rate_hz, self._on_track,
-                          callback_group=MutuallyExclusiveCallbackGroup())
+                          callback_group=MutuallyExclusiveCallbackGroup(),
+                          clock=Clock(clock_type=ClockType.STEADY_TIME))
         self.get_logger().info(f"tracking {self._track_queries} ({track_type}) on {camera} at "
                                f"{rate_hz} Hz")
 
