@@ -12,7 +12,9 @@ local rules, plus the backend's own judgment). Backends:
                 after a few-shot prompt, refused above --judge-threshold (default: the planner's
                 calibrated DEFAULT_JUDGE_THRESHOLD); also reported alone (model_only). The
                 threshold is recalibrated here on the development split only (--max-false-refusal)
-                and reported under "calibration" with the score's AUC per split, so the stored
+                and reported under "calibration" with the score's AUC per split: "model_alone"
+                (the model judging by itself) and "combined" (calibrated on what the rules let
+                through: the planner's default), each measured on both splits, so the stored
                 default can be checked or updated from this run;
   gemini        rules + Gemini's judgment (needs GEMINI_API_KEY / GOOGLE_API_KEY and the API, or
                 --gemini-base-url of a server speaking it); also reported alone.
@@ -111,32 +113,49 @@ def model_backend(name: str, options: dict, sets: dict, max_false_refusal: float
 
 
 def calibrate(score, sets: dict, max_false_refusal: float) -> dict:
-    """The threshold calibrated on the development split, how it does there and on the held-out
-    split, and the score's AUC per split (0.5 = chance)."""
+    """Thresholds calibrated on the development split, for the model alone and for the model
+    joining the rules (calibrated on what the rules let through: the planner's default), how
+    each does on both splits, and the score's AUC per split (0.5 = chance)."""
     t0 = time.monotonic()
-    scores = {name: [(it["text"], bool(it["unsafe"]), score(it["text"])) for it in items]
+    scores = {name: [(it["text"], bool(it["unsafe"]), score(it["text"]),
+                      rule_screen(it["text"]).refused) for it in items]
               for name, items in sets.items()}
     seconds = (time.monotonic() - t0) / max(sum(len(v) for v in scores.values()), 1)
 
     def split(rows):
-        return [s for _, u, s in rows if not u], [s for _, u, s in rows if u]
-    cal = calibrate_threshold(*split(scores["development"]), max_false_refusal)
-    out = {"rule": f"smallest threshold with model-alone false refusals <= {max_false_refusal} "
-                   "on the development split", "threshold": cal.threshold,
-           "seconds_per_score": seconds}
+        return [s for _, u, s, _ in rows if not u], [s for _, u, s, _ in rows if u]
+    dev = scores["development"]
+    out = {"max_false_refusal": max_false_refusal, "seconds_per_score": seconds}
     for name, rows in scores.items():
         safe, unsafe = split(rows)
-        out[name] = {"auc": score_auc(safe, unsafe),
-                     "recall": sum(s > cal.threshold for s in unsafe) / len(unsafe),
-                     "false_refusal_rate": sum(s > cal.threshold for s in safe) / len(safe),
-                     "safe_score_range": [min(safe), max(safe)],
-                     "unsafe_score_range": [min(unsafe), max(unsafe)]}
-        print(f"[safety] calibration {name:<12} AUC {out[name]['auc']:.3f}  at threshold "
-              f"{cal.threshold:.3f}: recall {out[name]['recall']:.3f}, false refusals "
-              f"{out[name]['false_refusal_rate']:.3f}", flush=True)
-    out["scores"] = {name: [[t, u, round(s, 4)] for t, u, s in rows]
+        out[f"auc_{name}"] = score_auc(safe, unsafe)
+    for mode in ("model_alone", "combined"):
+        kept = dev if mode == "model_alone" else [r for r in dev if not r[3]]
+        threshold = calibrate_threshold(*split(kept), max_false_refusal).threshold
+        out[mode] = {"threshold": threshold}
+        for name, rows in scores.items():
+            refused = [s > threshold or (mode == "combined" and ruled) for _, _, s, ruled in rows]
+            items = [{"text": t, "unsafe": u} for t, u, _, _ in rows]
+            fig = figures(items, refused)
+            out[mode][name] = {k: fig[k] for k in ("recall", "false_refusal_rate",
+                                                   "missed_unsafe", "refused_safe")}
+            print(f"[safety] calibrated {mode:<11} threshold {threshold:.3f}  {name:<11}: recall "
+                  f"{fig['recall']:.3f}, false refusals {fig['false_refusal_rate']:.3f} (AUC "
+                  f"{out[f'auc_{name}']:.3f})", flush=True)
+    out["scores"] = {name: [[t, u, round(s, 4)] for t, u, s, _ in rows]
                      for name, rows in scores.items()}
     return out
+
+
+def _finite(value):
+    """`value` with infinite floats as the strings "inf"/"-inf" (strict JSON has none)."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and value in (float("inf"), float("-inf")):
+        return str(value)
+    return value
 
 
 def main(argv=None) -> int:
@@ -178,7 +197,7 @@ def main(argv=None) -> int:
             parser.error(f"unknown backend {backend!r}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    out.write_text(json.dumps(_finite(report), indent=2, allow_nan=False) + "\n")
     print(f"[safety] wrote {out}")
     return 0
 

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from agent.llm import (GeminiPlanner, TransformersPlanner, build_prompt, build_safety_prompt,
-                       make_planner, parse_reply)
+from agent.llm import (GeminiPlanner, TransformersPlanner, build_prompt, make_planner,
+                       parse_reply, safety_prompt_ids)
 from agent.plan import PlanError
 from agent.safety import calibrate_threshold, rule_screen, screen
 from gemini_replay import KEY, ReplayServer, api_key, error, text_reply  # noqa: F401 (fixture)
@@ -78,13 +78,11 @@ def tiny_lm(tmp_path_factory):
         vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
         eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id))
-    pairs = [(prompt, ANSWER, [tok.eos_token_id])] + [
-        (build_safety_prompt(text), " " + label, []) for text, label in SAFETY_TRAINING.items()]
-    batch = []
-    for context, answer, end in pairs:
-        p_ids = tok(context)["input_ids"]
-        a_ids = tok(answer, add_special_tokens=False)["input_ids"] + end
-        batch.append((torch.tensor([p_ids + a_ids]), torch.tensor([[-100] * len(p_ids) + a_ids])))
+    pairs = [(tok(prompt)["input_ids"], tok(ANSWER)["input_ids"] + [tok.eos_token_id])] + [
+        (sum(safety_prompt_ids(tok, text), []), tok(" " + label)["input_ids"])
+        for text, label in SAFETY_TRAINING.items()]
+    batch = [(torch.tensor([p_ids + a_ids]), torch.tensor([[-100] * len(p_ids) + a_ids]))
+             for p_ids, a_ids in pairs]
     optim = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for _ in range(400):
         loss = sum(model(input_ids=ids, labels=labels).loss for ids, labels in batch)
@@ -121,6 +119,19 @@ def test_transformers_safety_score_threshold_calibration_and_screen(tiny_lm):
     scores = {text: planner.safety_score(text) for text in SAFETY_TRAINING}
     safe, unsafe = (scores[t] for t in SAFETY_TRAINING)
     assert safe < 0 < unsafe            # the learned label is the likelier one, by its log-prob
+    # The cached few-shot head gives the score one full pass over prompt + label gives.
+    import torch
+    tok, model = planner._tokenizer, planner._model
+    for text, score in scores.items():
+        context = sum(safety_prompt_ids(tok, text), [])
+        logp = []
+        for label in ("safe", "unsafe"):
+            label_ids = tok(" " + label)["input_ids"]
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([context + label_ids])).logits[0]
+            pred = torch.log_softmax(logits[len(context) - 1:-1], dim=-1)
+            logp.append(float(pred.gather(1, torch.tensor(label_ids)[:, None]).sum()))
+        assert score == pytest.approx(logp[1] - logp[0], abs=1e-4)
     # Calibrated on these two, the threshold is the safe score: the unsafe one lies above it.
     cal = calibrate_threshold([safe], [unsafe])
     assert cal.threshold == safe and cal.recall == 1.0 and cal.false_refusal_rate == 0.0

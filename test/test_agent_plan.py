@@ -228,7 +228,12 @@ def test_threshold_calibration_on_hand_made_scores():
     loose = calibrate_threshold(safe, unsafe, max_false_refusal=0.25)   # one of four allowed
     assert (loose.threshold, loose.false_refusal_rate, loose.recall) == (-1.0, 0.25, 1.0)
     # Fewer than one allowed false refusal rounds down to none; ties at the threshold pass.
-    assert calibrate_threshold([1.0, 1.0, 0.0], max_false_refusal=0.2).threshold == 1.0
+    assert calibrate_threshold([1.0, 1.0, 0.0], [1.5], max_false_refusal=0.2).threshold == 1.0
+    # A threshold that would catch no unsafe score buys nothing: it never fires.
+    useless = calibrate_threshold(safe, [-2.5, 0.5])
+    assert (useless.threshold, useless.false_refusal_rate, useless.recall) == (
+        float("inf"), 0.0, 0.0)
+    assert calibrate_threshold([1.0, 1.0, 0.0]).threshold == float("inf")
     assert calibrate_threshold([1.0, 1.0, 0.0]).recall is None
     for bad, why in [(([],), "at least one safe"), (([float("nan")],), "NaN"),
                      (([0.0], [], 1.0), "max_false_refusal")]:

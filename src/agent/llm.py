@@ -72,15 +72,35 @@ Instruction: {instruction}
 Answer:"""
 SAFETY_LABELS = ("safe", "unsafe")
 # Refuse when the score exceeds this. Calibrated on the DEVELOPMENT split of
-# test/data/safety_instructions.yaml with Gemma-3-270M (Q4_K_M GGUF):
+# test/data/safety_instructions.yaml with Gemma-3-270M (Q4_K_M GGUF), for the judgment joining
+# the rules (agent.safety.calibrate_threshold on the instructions the rules let through, no
+# false refusal allowed):
 #   .venv/bin/python bench/safety.py --backends rule,transformers
-# (bench/results/safety.json "calibration": the smallest threshold at which the model alone
-# refuses no development safe instruction).
+# (bench/results/safety.json, transformers "calibration"). The rules refuse every development
+# unsafe instruction, so no threshold buys recall there: +inf, the judgment never fires. The
+# model alone is weak (AUC about 0.7; see README "Long instructions").
 DEFAULT_JUDGE_THRESHOLD = float("inf")
 
 
 def build_safety_prompt(instruction: str) -> str:
     return SAFETY_PROMPT.format(instruction=instruction.strip()[:MAX_INSTRUCTION_CHARS_IN_PROMPT])
+
+
+def safety_prompt_ids(tokenizer, instruction: str) -> tuple[list[int], list[int]]:
+    """The safety prompt's token ids (in the tokenizer's chat template when it has one) cut in
+    two: the few-shot head, the same for every instruction (so its key/value cache is computed
+    once), and the tail from this instruction's "Instruction:" line on."""
+    prompt = build_safety_prompt(instruction)
+    chat = bool(getattr(tokenizer, "chat_template", None))
+    text = (tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                          add_generation_prompt=True, tokenize=False)
+            if chat else prompt)
+    cut = text.rfind(prompt[prompt.rindex("Instruction: "):])
+    if cut < 0:
+        raise PlanError("transformers planner: the chat template altered the safety prompt")
+    head = tokenizer(text[:cut], add_special_tokens=not chat)["input_ids"]
+    tail = tokenizer(text[cut:], add_special_tokens=False)["input_ids"]
+    return list(head), list(tail)
 
 
 def build_prompt(instruction: str) -> str:
@@ -230,6 +250,7 @@ class TransformersPlanner(ModelPlanner):
         self.model_path, self.gguf_file = str(model_path), gguf_file
         self.max_new_tokens, self.threads = int(max_new_tokens), int(threads)
         self._model = self._tokenizer = None
+        self._safety_head = None          # (few-shot head ids, its key/value cache)
 
     def _load(self) -> None:
         import torch
@@ -256,23 +277,36 @@ class TransformersPlanner(ModelPlanner):
         return tok(prompt, return_tensors="pt")["input_ids"]
 
     def safety_score(self, instruction: str) -> float:
-        """log P("unsafe") - log P("safe") as the answer to SAFETY_PROMPT: one forward pass per
-        label, each label's token log-probabilities summed (higher = more unsafe)."""
+        """log P("unsafe") - log P("safe") as the answer to SAFETY_PROMPT, each label's token
+        log-probabilities summed (higher = more unsafe): the few-shot head runs once (its cache
+        kept), then one short pass per label over the instruction's tail and the label."""
+        import copy
+
         import torch
-        context = self._prompt_ids(build_safety_prompt(instruction))
-        # After a chat template's model turn the answer starts a line; in plain text it follows
-        # "Answer:" after a space.
-        space = "" if getattr(self._tokenizer, "chat_template", None) else " "
+        if self._model is None:
+            self._load()
+        tok = self._tokenizer
+        head, tail = safety_prompt_ids(tok, instruction)
+        if self._safety_head is None or self._safety_head[0] != head:
+            with torch.no_grad():
+                out = self._model(input_ids=torch.tensor([head]), use_cache=True)
+            self._safety_head = (head, out.past_key_values)
+        # After a chat template's model turn the answer starts the turn; in plain text it
+        # follows "Answer:" after a space.
+        space = "" if getattr(tok, "chat_template", None) else " "
         logp = {}
         for label in SAFETY_LABELS:
-            label_ids = self._tokenizer(space + label, add_special_tokens=False,
-                                        return_tensors="pt")["input_ids"]
-            ids = torch.cat([context, label_ids], dim=1)
+            label_ids = tok(space + label, add_special_tokens=False)["input_ids"]
+            ids = torch.tensor([tail + label_ids])
             with torch.no_grad():
-                logits = self._model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
-            # logits at position i predict token i + 1: those before each label token.
-            pred = torch.log_softmax(logits[0, context.shape[1] - 1:-1].float(), dim=-1)
-            logp[label] = float(pred.gather(1, label_ids[0][:, None]).sum())
+                logits = self._model(
+                    input_ids=ids, past_key_values=copy.deepcopy(self._safety_head[1]),
+                    attention_mask=torch.ones(1, len(head) + ids.shape[1], dtype=torch.long),
+                    use_cache=True, logits_to_keep=len(label_ids) + 1).logits
+            # The kept logits at the tail's last token and the label's tokens but the last
+            # predict each label token in turn.
+            pred = torch.log_softmax(logits[0, :-1].float(), dim=-1)
+            logp[label] = float(pred.gather(1, torch.tensor(label_ids)[:, None]).sum())
         return logp["unsafe"] - logp["safe"]
 
     def judge(self, instruction: str) -> tuple[bool, str] | None:

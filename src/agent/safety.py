@@ -240,8 +240,10 @@ def calibrate_threshold(safe_scores, unsafe_scores=(), max_false_refusal: float 
                         ) -> Calibration:
     """The decision threshold of a scored judge (refuse when score > threshold) with the highest
     recall whose false refusal rate on `safe_scores` is at most `max_false_refusal`: the
-    (k+1)-th highest safe score, k = the false refusals allowed. Calibrate on development
-    scores only; held-out scores are for measuring it."""
+    (k+1)-th highest safe score, k = the false refusals allowed; +inf (never fires) when no
+    unsafe score lies above that, since refusals there would buy no recall. Calibrate on
+    development scores only (for a judge that joins the rules: the instructions the rules let
+    through); held-out scores are for measuring it."""
     safe = [float(s) for s in safe_scores]
     unsafe = [float(s) for s in unsafe_scores]
     if not safe:
@@ -253,6 +255,8 @@ def calibrate_threshold(safe_scores, unsafe_scores=(), max_false_refusal: float 
                          f"{max_false_refusal!r}")
     allowed = int(max_false_refusal * len(safe) + 1e-9)
     threshold = sorted(safe, reverse=True)[allowed]
+    if not any(u > threshold for u in unsafe):
+        threshold = float("inf")
     return Calibration(threshold, sum(s > threshold for s in safe) / len(safe),
                        sum(s > threshold for s in unsafe) / len(unsafe) if unsafe else None)
 

@@ -30,11 +30,12 @@ Parameters:
     or robot is gone) before the goal aborts.
   planner (str, "rule"): "rule" (no model), "transformers" (a local LM) or "gemini"; a goal may
     name another. Options of planner <p> are the `<p>.<option>` parameters, e.g.
-    transformers.model_path, transformers.gguf_file, transformers.max_new_tokens, gemini.model,
+    transformers.model_path, transformers.gguf_file, transformers.max_new_tokens,
+    transformers.judge_threshold (the scored safety judgment's threshold), gemini.model,
     gemini.base_url, gemini.timeout_s, gemini.retries (API key from GOOGLE_API_KEY/GEMINI_API_KEY).
   step_retries (int, 1): retries of a failed step (a goal may ask for another count).
-  planner_safety (bool, true): the planner's own judgment joins the rule screen (a model that
-    refuses too much, such as Gemma-3-270M in bench/safety.py, can be left out: rules only).
+  planner_safety (bool, true): the planner's own judgment joins the rule screen (false: rules
+    only; see bench/safety.py for what each backend's judgment adds).
   program_time_limit_s (float, 2): wall-clock budget of a code-as-policy program's run.
   success_check (str, "auto"): how steps are judged: "auto" (the simulator's ground truth when it
     publishes it, else ER, else the policy's report), "sim_state", "er" (3D boxes from ER queries
