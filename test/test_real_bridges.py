@@ -66,12 +66,19 @@ class FakeRobot:
         self.trajectory_pub = self.node.create_publisher(
             JointTrajectory, emb.driver["joint_trajectory_topic"], RELIABLE_QOS)
         self.state_pubs: dict[str, object] = {}
+        self.recorders: dict[str, object] = {}
 
     def record(self, msg_type, topic, qos=RELIABLE_QOS):
         got: list = []
-        self.node.create_subscription(msg_type, topic,
-                                      lambda m: got.append((time.monotonic(), m)), qos)
+        self.recorders[topic] = self.node.create_subscription(
+            msg_type, topic, lambda m: got.append((time.monotonic(), m)), qos)
         return got
+
+    def wait_for_publishers(self, topics, step=None):
+        """Until the bridge's publishers on `topics` are matched: a message the bridge sends
+        before its writer has discovered our reader is not delivered (volatile durability)."""
+        self.spin_until(lambda: all(self.recorders[t].get_publisher_count() > 0 for t in topics),
+                        f"the bridge's publishers on {', '.join(topics)}", step=step)
 
     def publish_state(self, topic, names, positions, velocities=None):
         if topic not in self.state_pubs:
@@ -302,16 +309,22 @@ def test_franka_bridge_trajectories_per_arm_and_one_gripper_goal_per_crossing(fr
     expect[FRANKA.gripper_indices] = 0.75                       # 2 x 3 cm of 8 cm
     robot.check_refusal_then_state(log, target, [*robot.traj.values(), *robot.goals.values()],
                                    states, expect)
+    robot.wait_for_publishers([f"{ns}/joint_trajectory_controller/joint_trajectory"
+                               for ns in ("/left", "/right")], step=states)
 
     # Position commands: one JointTrajectory per arm and command; grippers 1 -> 0.5 -> 0.1 -> 0.9.
+    # In lockstep (the next command once the last one's trajectories arrived): commands sent
+    # faster than the bridge handles them overflow its subscription queue (it was seen to stall
+    # for a few hundred ms around its first gripper goals), and this test counts one trajectory
+    # per command.
     sequence = [1.0] * 5 + [0.5] * 5 + [0.1] * 10 + [0.9] * 5
-    for g in sequence:
+    for sent, g in enumerate(sequence, start=1):
         t = target.copy()
         t[FRANKA.gripper_indices] = g
         robot.send_position(t)
-        robot.spin_for(0.02, step=states)
-    robot.spin_until(lambda: all(len(v) >= len(sequence) for v in robot.traj.values())
-                     and len(robot.goals[("/right", "move")]) >= 2, "commands and goals",
+        robot.spin_until(lambda: all(len(v) >= sent for v in robot.traj.values()),
+                         f"the trajectories of command {sent}", step=states)
+    robot.spin_until(lambda: len(robot.goals[("/right", "move")]) >= 2, "the gripper goals",
                      step=states)
     for ns, arm, prefix in (("/left", "left_arm", "left_"), ("/right", "right_arm", "right_")):
         msgs = [m for _, m in robot.traj[ns]]
