@@ -26,6 +26,13 @@ from bimanual_core.config import load_embodiment, load_stack
 from bimanual_core.ros_conversions import (RELIABLE_QOS, duration_to_sec, sec_to_duration,
                                            sec_to_time, time_to_sec)
 
+# Each test runs the decoder as a process on the wall clock or on a /clock this test drives, on a
+# 2-core machine shared with the test's own executor: a scheduling stall of a few hundred ms (seen
+# in CI: 45 of 100 wall-clock ticks in 2 s once, a tick answered after 3 s once) fails a test whose
+# code is right, so a failure is tried again twice. A real regression fails all three tries; the
+# timing figures themselves are measured by bench/decoder.py.
+pytestmark = pytest.mark.flaky(reruns=2)
+
 EMB = load_embodiment("aloha2")
 NAMES = load_stack().interfaces
 DT = EMB.control_period
