@@ -39,7 +39,9 @@ eval: setup
 	$(VENV)/bin/bimanual-vla evaluate --policy $(POLICY) --task $(TASK) --episodes $(EPISODES) \
 		--seed $(SEED) --embodiment $(EMBODIMENT)
 
+# Shared-memory segments left by SIGKILLed processes of an earlier run can stall Fast DDS: clean them.
 test: setup $(STAMP)/test_interfaces
+	-@$(PY) $(VENV)/tools/fastdds/fastdds.py shm clean >/dev/null 2>&1
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-quick: setup $(STAMP)/test_interfaces
