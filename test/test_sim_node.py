@@ -104,7 +104,13 @@ def test_node_publishes_clock_joints_cameras_and_obeys_position_commands(sim_pro
     stamps = np.array([time_to_sec(j.header.stamp) for j in probe.joints])
     assert np.median(np.diff(stamps)) == pytest.approx(EMB.control_period)   # 50 Hz sim time
 
-    image = probe.images[-1]
+    # Image and CameraInfo are separate best-effort topics: pair a frame with its info by
+    # stamp, since the newest image's info may still be in flight (or dropped).
+    def paired_images():
+        info_stamps = {time_to_sec(i.header.stamp) for i in probe.infos}
+        return [i for i in probe.images if time_to_sec(i.header.stamp) in info_stamps]
+    probe.spin_until(paired_images, "a camera frame and its CameraInfo with the same stamp")
+    image = paired_images()[-1]
     assert image.encoding == "rgb8" and (image.width, image.height) == (320, 240)
     assert image.header.frame_id == EMB.camera("cam_high").frame_id
     assert image_to_numpy(image).std() > 20
