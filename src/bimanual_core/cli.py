@@ -266,7 +266,8 @@ def cmd_serve(args) -> int:
 def cmd_record_expert(args) -> int:
     from vla_data.expert import ExpertSettings, generate
     settings = ExpertSettings(task=args.task, embodiment=args.embodiment or "aloha2",
-                              cameras=_camera_list(args))
+                              cameras=_camera_list(args), action_noise=args.action_noise,
+                              noise_time_s=args.noise_time, hold_s=args.hold)
     return _run_collection("record-expert", lambda: generate(
         args.out, settings, args.episodes, args.seed, args.workers,
         keep_failures=args.keep_failures, resume=args.resume))
@@ -444,6 +445,13 @@ def build_parser() -> argparse.ArgumentParser:
                          "without ROS (fast, parallel) as a LeRobotDataset v3")
     _add_sim_collection_args(rex, "episodes", 100, 100_000)
     rex.add_argument("--keep-failures", action="store_true")
+    rex.add_argument("--action-noise", type=float, default=0.0, metavar="RAD",
+                     help="std of a smooth random offset added to the executed arm joints while "
+                          "the recorded action stays the expert's (DART recovery data; 0: off)")
+    rex.add_argument("--noise-time", type=float, default=0.5, metavar="S",
+                     help="correlation time of that offset")
+    rex.add_argument("--hold", type=float, default=0.5, metavar="S",
+                     help="sim seconds recorded after the plan ends, the arm holding its pose")
     rex.set_defaults(func=cmd_record_expert)
 
     rv = sub.add_parser("record-views", help="pointing views for co-training (many object "

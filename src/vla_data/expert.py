@@ -35,7 +35,7 @@ import numpy as np
 
 from vla_data.collection import DEMO_SEED_BASE, TARGET_STATE_NAMES, SeedLog, embodiment_writer
 
-SETTLE_S = 0.5            # sim time recorded after the plan ends, so the final state is seen
+SETTLE_S = 0.5            # default sim time recorded after the plan ends: the final state is seen
 VIEW_SEED_BASE = 200_000  # pointing-view scenes: apart from demonstrations and evaluation
 
 
@@ -46,6 +46,42 @@ class ExpertSettings:
     cameras: tuple[str, ...] = ()     # empty: all of the embodiment's cameras
     replan_s: float = 0.2             # how often the expert is queried, as the backbone would be
     time_limit_s: float = 20.0        # sim seconds before an episode is cut off as failed
+    action_noise: float = 0.0         # rad: std of the smooth offset added to executed arm joints
+    noise_time_s: float = 0.5         # correlation time of that offset (Ornstein-Uhlenbeck)
+    hold_s: float = SETTLE_S          # sim time recorded after the plan ends (the arm holds still)
+
+    def __post_init__(self):
+        if self.action_noise < 0 or not self.noise_time_s > 0 or self.hold_s < 0:
+            raise ValueError(f"action_noise and hold_s must be >= 0 and noise_time_s > 0, got "
+                             f"{self.action_noise}, {self.hold_s}, {self.noise_time_s}")
+
+
+class ActionNoise:
+    """DART-style recovery data: a smooth random offset on the executed arm joints.
+
+    The recorded action stays the expert's clean target, so the states the noise visits are
+    labelled with the way back to the plan, which is what a learned policy needs when its own
+    errors put it off the demonstrated path. The offset is an Ornstein-Uhlenbeck process (std
+    `sigma`, correlation time `tau`): per-step white noise on a position-controlled arm would be
+    filtered out by the joints before it moved them; grippers are left alone (a noisy gripper
+    drops the object, which no label could undo).
+    """
+
+    def __init__(self, dim: int, skip: list[int], sigma: float, tau: float, dt: float,
+                 rng: np.random.Generator):
+        self.mask = np.ones(dim)
+        self.mask[skip] = 0.0
+        self.sigma, self.rng = float(sigma), rng
+        self.decay = float(np.exp(-dt / tau))
+        self.kick = self.sigma * float(np.sqrt(1.0 - self.decay ** 2))
+        self.offset = np.zeros(dim)
+
+    def __call__(self) -> np.ndarray:
+        """The next offset (D,), zero on skipped joints."""
+        if self.sigma > 0:
+            self.offset = self.decay * self.offset + self.kick * self.rng.standard_normal(
+                len(self.offset))
+        return self.offset * self.mask
 
 
 @dataclass(frozen=True)
@@ -112,24 +148,14 @@ class _Expert(_Collector):
 
     def __init__(self, settings: ExpertSettings):
         from instruction_server.success import load_success_criteria
-        from vla_backbone_node.zero_shot import ObjectLocation, ZeroShotPolicy
+        from vla_backbone_node.zero_shot import ZeroShotPolicy
 
         super().__init__(settings)
         self.criteria = load_success_criteria()
         rate = float(self.embodiment.simulation.get("camera_rate_hz", 10.0))
         self.camera_every = max(1, int(round(self.embodiment.control_rate_hz / rate)))
 
-        def locate(label: str):
-            for o in self.sim.objects():
-                if o["label"] == label:
-                    return ObjectLocation(o["position"], None, o["size"])
-            return None
-        self.policy = ZeroShotPolicy(self.embodiment, locate)
-
-    def _snapshot(self):
-        from instruction_server.success import ObjectState
-        return {o["label"]: ObjectState(o["label"], o["position"], o["size"])
-                for o in self.sim.objects()}
+        self.policy = ZeroShotPolicy(self.embodiment, ground_truth_locate(self.sim))
 
     def run(self, seed: int):
         """One episode on scene `seed` -> (Episode, why it failed or None); (None, why) when the
@@ -143,11 +169,14 @@ class _Expert(_Collector):
         sim.reset(seed)
         instruction = sim.instruction
         policy.reset(instruction, sim.task)
-        before = self._snapshot()
+        before = object_snapshot(sim)
         dt = self.embodiment.control_period
         replan = max(1, int(round(self.settings.replan_s / dt)))
         max_steps = int(self.settings.time_limit_s / dt)
-        settle_steps = int(round(SETTLE_S / dt))
+        settle_steps = int(round(self.settings.hold_s / dt))
+        noise = ActionNoise(len(self.embodiment.joint_names), self.embodiment.gripper_indices,
+                            self.settings.action_noise, self.settings.noise_time_s, dt,
+                            np.random.default_rng([seed, 1]))
         states, actions, targets, images = [], [], [], {c: [] for c in self.cameras}
         latest: dict[str, np.ndarray] = {}
         chunk, done_at, refused = None, None, None
@@ -171,19 +200,37 @@ class _Expert(_Collector):
             targets.append(sim.target_position())
             for c in self.cameras:
                 images[c].append(latest[c])      # the same array object: no copy per frame
-            sim.step(row)
+            sim.step(row + noise())
             if done_at is not None and offset >= len(chunk) + settle_steps:
                 break
         if refused:
             policy.stop()
             return None, refused                # no episode to keep, even with keep_failures
-        verdict = judge(parse_instruction(instruction, sim.task), before, self._snapshot(),
+        verdict = judge(parse_instruction(instruction, sim.task), before, object_snapshot(sim),
                         self.criteria)
         policy.stop()
         episode = Episode(task=instruction, states=np.array(states), actions=np.array(actions),
                           images=images, success=verdict.success,
                           environment_state=np.array(targets))
         return episode, None if verdict.success else verdict.reason
+
+
+def ground_truth_locate(sim) -> Callable:
+    """A zero-shot `locate(label)` that reads the simulator's objects (the ER `sim` backend)."""
+    from vla_backbone_node.zero_shot import ObjectLocation
+
+    def locate(label: str):
+        for o in sim.objects():
+            if o["label"] == label:
+                return ObjectLocation(o["position"], None, o["size"])
+        return None
+    return locate
+
+
+def object_snapshot(sim) -> dict:
+    """The simulator's objects as the success judge reads them (label -> ObjectState)."""
+    from instruction_server.success import ObjectState
+    return {o["label"]: ObjectState(o["label"], o["position"], o["size"]) for o in sim.objects()}
 
 
 _WORKER: _Collector | None = None

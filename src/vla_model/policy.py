@@ -4,7 +4,10 @@ The model sees the cameras it was trained with (others in the observation are ig
 ones masked), the instruction and the joints, and predicts a whole chunk; the decoder's
 not-yet-executed actions go in as conditioning. Its progress head (0..1 through the task, learned
 from the demonstrations' timing) says when the task is done, which the instruction server waits
-for before it judges the outcome.
+for before it judges the outcome. With `hold_when_done` the policy then holds the pose it was at
+when it said done (its done chunk's first action): the stack keeps asking for chunks while the outcome settles (1.5 s), past the end of
+every demonstration, where the model's actions are an extrapolation (measured: grippers opening on
+a lifted cube).
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ class LearnedPolicy(Policy):
 
     def __init__(self, embodiment: Embodiment, checkpoint: str, device: str = "auto",
                  horizon: int | None = None, done_progress: float = DONE_PROGRESS,
-                 threads: int = 0):
+                 threads: int = 0, hold_when_done: bool = True):
         super().__init__(embodiment, horizon)
         if not checkpoint:
             raise PolicyError("the learned policy needs a checkpoint directory (parameter "
@@ -48,6 +51,8 @@ class LearnedPolicy(Policy):
         self.processor = VLAProcessor(cfg, self.device)
         self.checkpoint = str(checkpoint)
         self.done_progress = float(done_progress)
+        self.hold_when_done = bool(hold_when_done)
+        self._hold: np.ndarray | None = None   # the pose held once done
         self.last_inference_ms = 0.0
         self._instruction = ""
         self._start: float | None = None       # stamp of the episode's first observation
@@ -59,10 +64,12 @@ class LearnedPolicy(Policy):
         self.processor.text([instruction])          # encode (and cache) it now, not mid-episode
         self._instruction = instruction
         self._start = None
+        self._hold = None
         self._state = PolicyState(phase="planning", description=f"ready: {instruction}")
 
     def stop(self) -> None:
         self._instruction = ""
+        self._hold = None
         self._state = PolicyState()
 
     def status(self) -> PolicyState:
@@ -77,6 +84,8 @@ class LearnedPolicy(Policy):
                                    f"trained with ({', '.join(self.model.config.cameras)})")
         if self._start is None:
             self._start = obs.stamp
+        if self._hold is not None:
+            return np.repeat(self._hold[None], self.horizon, 0)
         t0 = time.perf_counter()
         inputs = self.processor.inputs(frames, self._instruction, obs.joint_positions,
                                        conditioning, elapsed=max(0.0, obs.stamp - self._start))
@@ -97,4 +106,7 @@ class LearnedPolicy(Policy):
         done = progress >= self.done_progress
         self._state = PolicyState(phase="done" if done else "executing", progress=progress,
                                   description=f"{self._instruction} ({progress:.0%})", done=done)
+        if done and self.hold_when_done:
+            self._hold = chunk[0].copy()
+            return np.repeat(self._hold[None], self.horizon, 0)
         return chunk[:self.horizon]
