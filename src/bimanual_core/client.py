@@ -8,22 +8,33 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import rclpy
+from action_msgs.msg import GoalStatusArray
 from rclpy.action import ActionClient
+from rclpy.action.client import ClientGoalHandle
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.qos import qos_profile_action_status_default
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image
+from unique_identifier_msgs.msg import UUID
 
 from bimanual_core.config import load_embodiment, load_stack
 from bimanual_core.ros_conversions import (RELIABLE_QOS, SENSOR_QOS, image_to_numpy,
                                            time_to_sec)
 from bimanual_vla.action import ExecuteInstruction
 from bimanual_vla.msg import Observation, SimObjectArray
+
+# A goal response can be lost when the server answers before its response writer has matched
+# this client's reader (discovery still running on a loaded machine: Fast DDS waits 100 ms for
+# the match, then drops the answer). A goal unanswered this long is sent again with the same id.
+GOAL_RESPONSE_WAIT_S = 5.0
+STATUS_WAIT_S = 2.0      # how long a resend's refusal waits for the first send in the status
 
 
 @dataclass
@@ -52,6 +63,10 @@ class StackClient:
         names = load_stack().interfaces
         emb = load_embodiment(embodiment)
         self._action = ActionClient(self.node, ExecuteInstruction, names["execute_instruction_action"])
+        self._listed_goals: set[bytes] = set()       # goal ids the server's status has shown
+        self.node.create_subscription(
+            GoalStatusArray, names["execute_instruction_action"] + "/_action/status",
+            self._on_goal_status, qos_profile_action_status_default)
         self.frames: list[np.ndarray] = []
         self.objects_first: SimObjectArray | None = None
         self.objects_last: SimObjectArray | None = None
@@ -74,6 +89,10 @@ class StackClient:
 
     def _on_clock(self, msg: Clock) -> None:
         self.sim_time = time_to_sec(msg.clock)
+
+    def _on_goal_status(self, msg: GoalStatusArray) -> None:
+        with self._lock:
+            self._listed_goals.update(bytes(s.goal_info.goal_id.uuid) for s in msg.status_list)
 
     def _on_observation(self, _msg: Observation) -> None:
         self.observations += 1
@@ -120,9 +139,11 @@ class StackClient:
                                        time_limit_s=float(time_limit_s), planner=planner,
                                        program=program, step_retries=int(step_retries))
         feedback_cb = (lambda fb: on_feedback(fb.feedback)) if on_feedback else None
-        sent = self._action.send_goal_async(goal, feedback_callback=feedback_cb)
-        handle = self._wait(sent, server_timeout)
-        if handle is None or not handle.accepted:
+        handle = self._send_goal(goal, feedback_cb, server_timeout)
+        if handle is None:
+            return InstructionOutcome(False, False, f"the server did not answer the goal in "
+                                      f"{server_timeout:g} s", 0.0, "", "unreachable")
+        if not handle.accepted:
             return InstructionOutcome(False, False, "the server rejected the goal", 0.0, "",
                                       "rejected")
         result_future = handle.get_result_async()
@@ -147,6 +168,37 @@ class StackClient:
         r = wrapped.result
         return InstructionOutcome(True, r.success, r.reason, r.duration_s, r.success_check, status,
                                   r.refused, tuple(r.steps), r.steps_succeeded, r.planner)
+
+    def _send_goal(self, goal, feedback_cb, timeout: float) -> ClientGoalHandle | None:
+        """Send `goal` until the server answers (None after `timeout`). Resends keep the goal id:
+        a server that already accepted it (its answer lost) refuses the copy, and its status
+        topic then lists the id, which makes the first send the accepted one."""
+        goal_id = UUID(uuid=list(uuid.uuid4().bytes))
+        deadline = time.monotonic() + timeout
+        resent = False
+        while (left := deadline - time.monotonic()) > 0:
+            sent = self._action.send_goal_async(goal, feedback_callback=feedback_cb,
+                                                goal_uuid=goal_id)
+            handle = self._wait(sent, min(GOAL_RESPONSE_WAIT_S, left))
+            if handle is None:
+                resent = True
+                continue
+            if handle.accepted or not resent:
+                return handle
+            if self._wait_listed(bytes(goal_id.uuid), STATUS_WAIT_S):
+                accepted = ExecuteInstruction.Impl.SendGoalService.Response(accepted=True)
+                return ClientGoalHandle(self._action, goal_id, accepted)
+            return handle
+        return None
+
+    def _wait_listed(self, goal_id: bytes, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if goal_id in self._listed_goals:
+                    return True
+            time.sleep(0.02)
+        return False
 
     def call(self, service_client, request, timeout: float):
         """Call a service through this client's node; the response, or None after `timeout`."""
