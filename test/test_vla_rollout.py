@@ -2,6 +2,7 @@
 in-process rollout (simulator + decoder core + policy), and the learned policy holding once done."""
 import numpy as np
 import pytest
+import torch
 
 from bimanual_core.config import load_embodiment
 from vla_data.expert import ActionNoise, ExpertSettings
@@ -101,3 +102,31 @@ def test_rollout_of_a_learned_policy_times_out_and_holds_once_done(tmp_path):
     for chunk in chunks:                                    # one pose, every row, every answer
         np.testing.assert_array_equal(chunk, np.repeat(chunks[0][:1], len(chunk), 0))
     assert policy._hold is None                             # stop() forgot the pose
+
+
+def test_elapsed_delay_makes_training_samples_late_only_while_training(tmp_path):
+    """`elapsed_delay`: half the training rows see their episode time late (up to the delay),
+    never early; validation rows keep the demonstration's time."""
+    from test_vla_model import TINY, write_demos
+    from vla_model.configuration import BimanualVLAConfig
+    from vla_model.modeling import BimanualVLAModel
+    from vla_model.processing import TextEncoder
+    from vla_model.training import DemoSet, TrainSettings, train
+    data = write_demos(tmp_path / "demos", episodes=2, steps=40)
+    model = BimanualVLAModel.from_encoders(BimanualVLAConfig(**TINY))
+    demos = DemoSet([str(data)], model, TextEncoder("all-minilm-l6-v2", 16), 5,
+                    torch.device("cpu"), print)
+    settings = TrainSettings(datasets=[str(data)], output_dir="", elapsed_delay=2.0)
+    rows = demos.index
+    on_time = rows[:, 1] * 0.02
+    for train_mode in (True, False):
+        batch = demos.batch(rows, settings, np.ones(14), np.random.default_rng(0), train_mode)
+        late = batch["elapsed"].numpy() - on_time
+        assert np.all(late > -1e-5) and np.all(late < 2.0 + 1e-5)
+        if train_mode:
+            assert 0.3 < np.mean(late > 1e-4) < 0.7 and late.max() > 1.0
+        else:
+            assert np.allclose(late, 0.0, atol=1e-5)
+    with pytest.raises(ValueError, match="elapsed_delay"):
+        train(TrainSettings(datasets=[str(data)], output_dir=str(tmp_path / "run"),
+                            elapsed_delay=-1.0))

@@ -313,7 +313,7 @@ def _train_settings(args, **extra):
                          save_every=args.save_every, eval_every=args.eval_every,
                          image_stride=args.image_stride, device=args.device, resume=args.resume,
                          view_datasets=args.views or [], view_batch_size=args.view_batch_size,
-                         model=model, **extra)
+                         elapsed_delay=args.elapsed_delay, model=model, **extra)
 
 
 def _run_training(settings, what: str) -> int:
@@ -359,6 +359,9 @@ def _add_training_args(p: argparse.ArgumentParser, steps: int, lr: float) -> Non
                    help="control steps between the camera frames used (and cached)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (auto: cuda if present)")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint-*")
+    p.add_argument("--elapsed-delay", type=float, default=0.0, metavar="S",
+                   help="half the samples see their episode time late by up to S seconds, so the "
+                        "model reads the task's phase from its cameras (robust to stack pauses)")
 
 
 def _int_at_least(minimum: int):

@@ -61,6 +61,11 @@ class TrainSettings:
     conditioning_prob: float = 0.5
     conditioning_noise: float = 0.05   # in units of each joint's action std
     camera_dropout: float = 0.1
+    # Seconds: half of the training samples see their elapsed time late by up to this (uniform).
+    # The stack pauses (a slow answer, a lost backbone makes the decoder brake) while the clock
+    # runs on; a model that reads the task's phase from the clock then skips ahead (closes the
+    # gripper before it reached the object). 0: the demonstrations' own times.
+    elapsed_delay: float = 0.0
     device: str = "auto"
     init_from: str | None = None       # a checkpoint to fine-tune (finetune), else from encoders
     resume: bool = False
@@ -180,7 +185,10 @@ class DemoSet:
             states.append(self.states[e][t])
             feats.append(self.features[e][min(t // self.stride, len(self.features[e]) - 1)])
             progress.append(t / max(n - 1, 1))
-            elapsed.append(rng.uniform(0, VIEW_ELAPSED_S) if self.views else t * self.periods[e])
+            late = (rng.uniform(0, settings.elapsed_delay)
+                    if train and settings.elapsed_delay > 0 and rng.random() < 0.5 else 0.0)
+            elapsed.append(rng.uniform(0, VIEW_ELAPSED_S) if self.views
+                           else t * self.periods[e] + late)
             tasks.append(self.tasks[e])
             known = self.points[e] is not None
             points.append(self.points[e][t] if known else np.zeros(3, np.float32))
@@ -277,6 +285,8 @@ def train(settings: TrainSettings,
           say: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)
           ) -> dict:
     """Train (or fine-tune) and save; returns the final metrics."""
+    if settings.elapsed_delay < 0:
+        raise ValueError(f"elapsed_delay must be >= 0 seconds, got {settings.elapsed_delay}")
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
