@@ -36,6 +36,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="first scene seed")
     parser.add_argument("--latency", type=float, default=RolloutSettings.latency_s,
                         help="backbone latency in simulated seconds")
+    parser.add_argument("--stall-rate", type=float, default=0.0,
+                        help="injected 'backbone lost' events per simulated second (the decoder "
+                             "brakes, as on a loaded machine)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for inference")
     parser.add_argument("--no-hold", action="store_true",
                         help="keep querying the model after it says done (LearnedPolicy's "
@@ -47,7 +50,8 @@ def main() -> None:
         parser.error("--episodes must be >= 1")
 
     checkpoint = resolve_checkpoint(args.checkpoint)
-    settings = RolloutSettings(task=args.task, embodiment=args.embodiment, latency_s=args.latency)
+    settings = RolloutSettings(task=args.task, embodiment=args.embodiment, latency_s=args.latency,
+                               stall_rate_hz=args.stall_rate)
     policy = LearnedPolicy(load_embodiment(args.embodiment), checkpoint, device="cpu",
                            threads=args.threads, hold_when_done=not args.no_hold)
     rollout = Rollout(policy, settings)

@@ -1,5 +1,7 @@
 """Recovery data and closed-loop rollouts without ROS: the expert's action noise (DART), the
 in-process rollout (simulator + decoder core + policy), and the learned policy holding once done."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -67,8 +69,13 @@ def test_rollout_of_the_zero_shot_expert_picks_the_cube():
     steps = []
     try:
         result = rollout.run(3, visit=lambda q, images, command: steps.append(command))
+        rollout.settings = replace(rollout.settings, stall_rate_hz=1.0)
+        stalled = rollout.run(3)            # the decoder brakes and drops its queue now and then
     finally:
         rollout.close()
+    assert stalled.success and stalled.requests > result.requests, (stalled, result)
+    with pytest.raises(ValueError, match="stall"):
+        RolloutSettings(stall_rate_hz=-1.0)
     assert result.success, result
     assert result.cause == "" and result.done_at_s is not None and result.max_rise_m > 0.05
     assert result.sim_duration_s == pytest.approx(result.done_at_s + 1.5, abs=0.05)

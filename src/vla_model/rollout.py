@@ -5,7 +5,9 @@ Python: the simulator (`aloha_driver.sim.AlohaSim`) stepped at the control rate,
 at their configured rate (the backbone sees each camera's latest frame), the decoder's own state
 machine (`action_decoder_node.controller.DecoderCore`: the chunk scheduler with its blend, the
 safety limiter, requests when the queue runs low, the not-yet-executed actions sent as
-conditioning), a backbone latency in simulated time, and the instruction server's rule: once the
+conditioning), a backbone latency in simulated time, optionally injected stalls (the decoder
+braking on a "backbone lost" as it does when the backbone's heartbeat lapses on a loaded
+machine), and the instruction server's rule: once the
 policy says done, the outcome is judged `settle_s` later from the simulator's state; otherwise the
 episode fails at the time limit. A 60 s ROS episode costs ~120 s of wall time; here ~3x less, so
 checkpoints can be compared on 10-20 seeds in minutes (`bench/rollout.py`).
@@ -38,12 +40,14 @@ class RolloutSettings:
     blend: str = "rtc"              # the decoder's merge strategy (config/stack.yaml)
     min_queue_s: float = 0.5        # the decoder's min_queue_s
     watchdog_timeout_s: float = 0.5
+    stall_rate_hz: float = 0.0      # injected "backbone lost" events per simulated second
 
     def __post_init__(self):
         if not (self.time_limit_s > 0 and self.settle_s >= 0 and self.latency_s >= 0
-                and self.min_queue_s >= 0 and self.watchdog_timeout_s > 0):
+                and self.min_queue_s >= 0 and self.watchdog_timeout_s > 0
+                and self.stall_rate_hz >= 0):
             raise ValueError(f"invalid rollout settings {self}: time limit and watchdog must be "
-                             "> 0, settle, latency and min_queue >= 0")
+                             "> 0, settle, latency, min_queue and stall rate >= 0")
 
 
 @dataclass
@@ -122,6 +126,7 @@ class Rollout:
         pending: list[tuple[int, object, Chunk]] = []     # (arrival step, request, chunk)
         done_at, max_rise, requests, progress = None, 0.0, 0, []
         step = 0
+        stalls = np.random.default_rng([seed, 2])
         while True:
             now = sim.time
             if step % self.camera_every == 0:
@@ -131,6 +136,8 @@ class Rollout:
             for item in [p for p in pending if p[0] <= step]:
                 pending.remove(item)
                 decoder.on_chunk(now, item[2], item[1].request_id)
+            if s.stall_rate_hz > 0 and stalls.random() < s.stall_rate_hz * dt:
+                decoder.backbone_lost("injected stall")     # what a lapsed heartbeat does
             out = decoder.tick(now)
             if out.request is not None:
                 obs = PolicyObservation(now, q, dict(images), instruction)
