@@ -58,7 +58,7 @@ def test_headline_takes_the_worst_case_over_delays_and_the_wall_clock_loop_figur
         "0.4": {"rtc": {"switch_step_max": 0.02, "inchunk_step_max": 0.04, "success_rate": 0.8},
                 "naive": {"switch_step_max": 0.3, "inchunk_step_max": 0.06, "success_rate": 0.6}}}
     report = {"per_delay": per_delay, "kill": {"stop_time_s": 0.3},
-              "steady": {"wall_clock_decoder": {"jitter_p99_ms_max": 0.8, "missed_ticks": 0,
+              "steady": {"wall_clock_decoder": {"jitter_p99_ms_run": 0.8, "missed_ticks": 0,
                                                 "stalls": 0}}}
     h = bench.headline(report)
     assert (h["switch_step_max"], h["inchunk_step_max"]) == (0.02, 0.05)
@@ -68,3 +68,15 @@ def test_headline_takes_the_worst_case_over_delays_and_the_wall_clock_loop_figur
     assert (h["jitter_p99_ms"], h["missed_ticks"], h["stalls"]) == (0.8, 0, 0)
     assert h["stop_time_s"] == 0.3
     assert bench.headline({})["switch_step_max"] is None      # phases not run: no figure
+
+
+def test_run_jitter_is_the_histogram_between_two_metrics_messages():
+    from types import SimpleNamespace
+    first = SimpleNamespace(jitter_histogram=[10, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                            jitter_histogram_bin_ms=0.25)
+    last = SimpleNamespace(jitter_histogram=[1100, 5, 0, 0, 0, 0, 0, 0, 0, 6],
+                           jitter_histogram_bin_ms=0.25)
+    figures = bench.run_jitter(first, last)
+    assert figures["jitter_p99_ms_run"] == 0.25           # 1090 of 1101 ticks in the first bin
+    assert figures["jitter_p999_ms_run"] == 2.5           # the six in the last bin
+    assert figures["jitter_max_ms_bin"] == 2.5 and figures["ticks_off_by_over_2ms"] == 6

@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from action_decoder_node.controller import Chunk, DecoderCore, DecoderState, LoopStats
+from action_decoder_node.controller import (JITTER_BIN_MS, Chunk, DecoderCore, DecoderState,
+                                           LoopStats, histogram_quantile_ms)
 from action_decoder_node.safety import SafetyLimiter
 from action_decoder_node.scheduler import ChunkScheduler
 from bimanual_core.config import load_embodiment
@@ -174,6 +175,26 @@ def test_loop_stats_count_missed_ticks_and_jitter():
     assert missed == [0, 0, 0, 2, 0]
     assert stats.jitter_p99_ms == pytest.approx(40.0, rel=0.05)
     assert stats.mean_ms == pytest.approx(30.25)
+
+
+def test_a_tick_late_by_less_than_a_period_is_late_not_missed():
+    stats = LoopStats(0.02)
+    # The third tick is 16 ms late (a 36 ms gap), the fourth on time: no period passed empty.
+    missed = [stats.tick(t) for t in (0.0, 0.02, 0.056, 0.06, 0.08)]
+    assert missed == [0, 0, 0, 0, 0]
+    assert stats.tick(0.121) == 1          # 41 ms: the 100 ms period had no tick
+
+
+def test_the_jitter_histogram_gives_the_whole_run_p99_whatever_the_window():
+    stats = LoopStats(0.02, window=10)
+    t = 0.0
+    for i in range(1, 1001):
+        t += 0.02 + (0.005 if i % 50 == 0 else 0.0001)     # 2 % of ticks 5 ms late
+        stats.tick(t)
+    assert stats.histogram.sum() == 999
+    assert histogram_quantile_ms(stats.histogram, 0.97) == JITTER_BIN_MS      # 0.1 ms bin
+    assert 4.9 <= histogram_quantile_ms(stats.histogram, 0.99) <= 5.0 + JITTER_BIN_MS
+    assert histogram_quantile_ms([0, 0], 0.99) is None
 
 
 def test_lost_backbone_brakes_at_once_and_resumes_with_chunks():

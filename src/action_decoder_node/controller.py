@@ -77,24 +77,35 @@ class Counters:
     last_rejection: str = ""
 
 
+JITTER_BIN_MS = 0.25       # width of the jitter histogram's bins
+JITTER_BINS = 80           # 0 .. 20 ms; the last bin holds everything from 19.75 ms up
+
+
 @dataclass
 class LoopStats:
-    """Tick periods on the node clock: mean, p99 of |period - nominal|, and missed ticks."""
+    """Tick periods on the node clock: mean and p99 of |period - nominal| over the last window,
+    a cumulative histogram of |period - nominal| since start (so a long run's p99 is exact to a
+    bin, whatever the window), and missed ticks."""
     nominal: float
     window: int = 500
     periods: deque = field(default_factory=deque)
     last_tick: float | None = None
+    histogram: np.ndarray = field(default_factory=lambda: np.zeros(JITTER_BINS, dtype=np.int64))
 
     def tick(self, now: float) -> int:
-        """Record a tick; returns how many ticks were missed before it."""
+        """Record a tick; returns how many ticks were missed before it: the whole periods of
+        the gap from the previous tick that passed without one. A tick late by less than a
+        period misses nothing (the deadline loop keeps its schedule, the next tick is on time),
+        as ``realtime.PeriodicLoop`` counts."""
         missed = 0
         if self.last_tick is not None:
             period = now - self.last_tick
             self.periods.append(period)
             while len(self.periods) > self.window:
                 self.periods.popleft()
-            if period > 1.5 * self.nominal:
-                missed = int(round(period / self.nominal)) - 1
+            missed = max(int(period / self.nominal + 1e-3) - 1, 0)
+            deviation_ms = 1e3 * abs(period - self.nominal)
+            self.histogram[min(int(deviation_ms / JITTER_BIN_MS), JITTER_BINS - 1)] += 1
         self.last_tick = now
         return missed
 
@@ -108,6 +119,15 @@ class LoopStats:
             return 0.0
         deviation = np.abs(np.fromiter(self.periods, float) - self.nominal)
         return 1e3 * float(np.quantile(deviation, 0.99))
+
+
+def histogram_quantile_ms(counts, quantile: float, bin_ms: float = JITTER_BIN_MS) -> float | None:
+    """Upper edge of the bin that holds `quantile` of a jitter histogram (an upper bound of the
+    quantile); None for an empty histogram."""
+    counts = np.asarray(counts, dtype=np.int64)
+    if counts.sum() == 0:
+        return None
+    return bin_ms * float(np.searchsorted(np.cumsum(counts), quantile * counts.sum()) + 1)
 
 
 class DecoderCore:

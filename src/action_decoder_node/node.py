@@ -74,7 +74,7 @@ from bimanual_core.node_runner import run_node
 from bimanual_core.ros_conversions import (RELIABLE_QOS, duration_to_sec, liveliness_qos,
                                            sec_to_duration, sec_to_time, time_to_sec)
 
-from .controller import Chunk, DecoderCore, DecoderState, TickOutput
+from .controller import JITTER_BIN_MS, Chunk, DecoderCore, DecoderState, TickOutput
 from .realtime import DEFAULT_SPIN_MARGIN_S, PeriodicLoop, set_thread_fifo_priority
 from .safety import MotionState, SafetyLimiter
 from .scheduler import DEFAULT_STRATEGY, STRATEGIES, ChunkScheduler
@@ -365,6 +365,8 @@ class ActionDecoderNode(Node):
         return result
 
     def _on_backbone_liveliness(self, info: QoSLivelinessChangedInfo) -> None:
+        if info.alive_count_change > 0:
+            self.get_logger().info(f"backbone heartbeat alive ({info.alive_count} publisher(s))")
         if info.alive_count == 0 and info.alive_count_change < 0:
             with self._lock:
                 self.core.backbone_lost("its heartbeat's DDS liveliness lapsed")
@@ -393,7 +395,8 @@ class ActionDecoderNode(Node):
         last_latency = core.latency.last
         msg = DecoderMetrics(
             state=core.state.value, loop_period_mean_ms=core.loop.mean_ms,
-            loop_jitter_p99_ms=core.loop.jitter_p99_ms, ticks=c.ticks,
+            loop_jitter_p99_ms=core.loop.jitter_p99_ms, jitter_histogram_bin_ms=JITTER_BIN_MS,
+            jitter_histogram=core.loop.histogram.tolist(), ticks=c.ticks,
             missed_ticks=c.missed_ticks, stalls=c.stalls, queue_depth=core.queue_depth(now),
             backbone_latency_ms=1e3 * last_latency if last_latency is not None else 0.0,
             chunks_received=c.chunks_received, chunks_rejected=c.chunks_rejected,
