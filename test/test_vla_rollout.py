@@ -111,9 +111,19 @@ def test_rollout_of_a_learned_policy_times_out_and_holds_once_done(tmp_path):
     assert policy._hold is None                             # stop() forgot the pose
 
 
-def test_elapsed_delay_makes_training_samples_late_only_while_training(tmp_path):
+def test_motion_end_is_where_the_actions_stop_changing():
+    from vla_model.training import motion_end
+    actions = np.zeros((15, 14))
+    actions[:10, 3] = np.arange(10)
+    actions[10:, 3] = 9.0
+    assert motion_end(actions) == 9
+    assert motion_end(np.zeros((5, 14))) == 0
+
+
+def test_elapsed_delay_and_progress_to_hold_shape_the_training_rows(tmp_path):
     """`elapsed_delay`: half the training rows see their episode time late (up to the delay),
-    never early; validation rows keep the demonstration's time."""
+    never early; validation rows keep the demonstration's time. `progress_to_hold`: progress
+    labels saturate where the demonstrated motion ends."""
     from test_vla_model import TINY, write_demos
     from vla_model.configuration import BimanualVLAConfig
     from vla_model.modeling import BimanualVLAModel
@@ -134,6 +144,13 @@ def test_elapsed_delay_makes_training_samples_late_only_while_training(tmp_path)
             assert 0.3 < np.mean(late > 1e-4) < 0.7 and late.max() > 1.0
         else:
             assert np.allclose(late, 0.0, atol=1e-5)
+    # progress_to_hold: labels reach 1 where the motion ends (write_demos ramps to the end).
+    assert demos.motion_end == [39, 39]
+    demos.motion_end = [20, 20]                             # as if the last 19 steps held still
+    settings.progress_to_hold = True
+    progress = demos.batch(rows, settings, np.ones(14), np.random.default_rng(0),
+                           False)["progress"].numpy()
+    np.testing.assert_allclose(progress, np.minimum(1.0, rows[:, 1] / 20), rtol=1e-6)
     with pytest.raises(ValueError, match="elapsed_delay"):
         train(TrainSettings(datasets=[str(data)], output_dir=str(tmp_path / "run"),
                             elapsed_delay=-1.0))

@@ -313,7 +313,8 @@ def _train_settings(args, **extra):
                          save_every=args.save_every, eval_every=args.eval_every,
                          image_stride=args.image_stride, device=args.device, resume=args.resume,
                          view_datasets=args.views or [], view_batch_size=args.view_batch_size,
-                         elapsed_delay=args.elapsed_delay, model=model, **extra)
+                         elapsed_delay=args.elapsed_delay,
+                         progress_to_hold=args.progress_to_hold, model=model, **extra)
 
 
 def _run_training(settings, what: str) -> int:
@@ -362,6 +363,9 @@ def _add_training_args(p: argparse.ArgumentParser, steps: int, lr: float) -> Non
     p.add_argument("--elapsed-delay", type=float, default=0.0, metavar="S",
                    help="half the samples see their episode time late by up to S seconds, so the "
                         "model reads the task's phase from its cameras (robust to stack pauses)")
+    p.add_argument("--progress-to-hold", action="store_true",
+                   help="progress labels reach 1 where the demonstrated motion ends, not at the "
+                        "last frame (for demonstrations with a long final hold)")
 
 
 def _int_at_least(minimum: int):

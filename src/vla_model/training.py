@@ -66,6 +66,11 @@ class TrainSettings:
     # runs on; a model that reads the task's phase from the clock then skips ahead (closes the
     # gripper before it reached the object). 0: the demonstrations' own times.
     elapsed_delay: float = 0.0
+    # Progress labels reach 1 where the demonstrated motion ends (the actions stop changing), not
+    # at the episode's last frame: demonstrations recorded with a long final hold (record-expert
+    # --hold) show the arm still for seconds, frames no camera can tell apart; labelled t / n they
+    # teach a progress that never reaches the done threshold once the clock is not trusted.
+    progress_to_hold: bool = False
     device: str = "auto"
     init_from: str | None = None       # a checkpoint to fine-tune (finetune), else from encoders
     resume: bool = False
@@ -121,6 +126,7 @@ class DemoSet:
         self.task_texts = list(task_texts)
         self.text, self.text_mask = text(self.task_texts)
         self.index = np.array([(e, t) for e, s in enumerate(self.states) for t in range(len(s))])
+        self.motion_end = [motion_end(a) for a in self.actions]
 
     def _features(self, data: LeRobotDataset, model: BimanualVLAModel, device, say):
         """Per episode (F, N, T, C) float16 features of every `stride`-th frame, cached; episodes
@@ -184,7 +190,8 @@ class DemoSet:
             targets.append(actions[idx])
             states.append(self.states[e][t])
             feats.append(self.features[e][min(t // self.stride, len(self.features[e]) - 1)])
-            progress.append(t / max(n - 1, 1))
+            end = self.motion_end[e] if settings.progress_to_hold else n - 1
+            progress.append(min(1.0, t / max(end, 1)))
             late = (rng.uniform(0, settings.elapsed_delay)
                     if train and settings.elapsed_delay > 0 and rng.random() < 0.5 else 0.0)
             elapsed.append(rng.uniform(0, VIEW_ELAPSED_S) if self.views
@@ -219,6 +226,13 @@ class DemoSet:
                     progress=torch.tensor(progress, dtype=torch.float32),
                     point=torch.from_numpy(np.stack(points).astype(np.float32)),
                     point_mask=torch.tensor(point_mask))
+
+
+def motion_end(actions: np.ndarray, tolerance: float = 1e-6) -> int:
+    """Index of the last action that differs from its predecessor (0 if none does): where the
+    demonstrated motion ends and the final hold begins."""
+    moved = np.flatnonzero(np.abs(np.diff(actions, axis=0)).max(axis=1) > tolerance)
+    return int(moved[-1] + 1) if len(moved) else 0
 
 
 def _is_main() -> bool:
