@@ -38,7 +38,13 @@ def reset_scene(client: StackClient) -> None:
     response = client._wait(reset.call_async(Trigger.Request()), 20.0)
     assert response is not None and response.success, response
     client.node.destroy_client(reset)
-    time.sleep(1.0)   # a fresh observation of the new scene reaches the backbone
+    # Fresh frames of the new scene reach every node: wait for 1 s of sim time past the reset
+    # (the simulator renders its cameras on sim time; a wall-clock sleep is too short under load).
+    reset_at = client.sim_time or 0.0
+    deadline = time.monotonic() + 30.0
+    while (client.sim_time or 0.0) < reset_at + 1.0:
+        assert time.monotonic() < deadline, "sim time stopped after the scene reset"
+        time.sleep(0.05)
 
 
 def object_positions(client: StackClient) -> dict:

@@ -52,7 +52,8 @@ def test_a_program_runs_as_two_steps_each_checked_by_er(stack):
                              on_feedback=feedback.append)
     assert outcome.success, (outcome, procs.log_tail("instruction_server"))
     assert outcome.steps == ("put the red cube in the bowl",
-                             "hand the blue cube over to the right arm")
+                             "hand the blue cube over to the right arm"), (
+        procs.log_tail("instruction_server"), procs.log_tail("er_perception"))
     assert outcome.steps_succeeded == 2 and outcome.success_check == "er"
     assert outcome.planner == "program"
     seen = {(fb.step_index, fb.phase) for fb in feedback}
