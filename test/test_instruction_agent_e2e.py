@@ -4,6 +4,8 @@ executes through the backbone and the decoder, each step judged by ER queries on
 (this module's instruction server uses success_check=er) with feedback per step, and a cancel
 in the second step stops the robot. The outcomes are checked here from the simulator's ground
 truth, independently of the server's verdict."""
+import os
+import signal
 import time
 
 import numpy as np
@@ -20,7 +22,8 @@ TASK = "place_then_handover"     # red cube, blue cube and a bowl (config/tasks.
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     overrides = {"aloha_sim": {"task": TASK, "seed": 4},
-                 "instruction_server": {"success_check": "er", "step_retries": 0}}
+                 "instruction_server": {"success_check": "er", "step_retries": 0,
+                                        "er_timeout_s": 4.0}}
     with running_stack(tmp_path_factory.mktemp("agent_stack_logs"), overrides,
                        module_domain(offset=17)) as up:
         yield up
@@ -85,3 +88,20 @@ def test_cancel_in_the_second_step_stops_the_robot(stack):
         assert "at" in canceled, outcome
         assert outcome.status == "abandoned"       # the client canceled the goal
         assert_robot_holds(states, settle_s=2.0)
+
+
+def test_a_program_whose_er_does_not_answer_fails_instead_of_seeing_nothing(stack):
+    procs, client = stack
+    reset_scene(client)
+    er = procs.procs["er_perception"]
+    before = object_positions(client)
+    os.kill(er.pid, signal.SIGSTOP)                # alive on the graph, answering nothing
+    try:
+        outcome = client.execute("tidy up", program="if detect('red cube'):\n    grasp('red cube')\n",
+                                 time_limit_s=60.0)
+    finally:
+        os.kill(er.pid, signal.SIGCONT)
+    assert not outcome.success and outcome.success_check == "validation", outcome
+    assert "cannot look for the red cube" in outcome.reason and "ER query" in outcome.reason
+    after = object_positions(client)
+    assert all(np.allclose(before[k], after[k], atol=1e-3) for k in before)

@@ -212,24 +212,25 @@ class InstructionServer(Node):
 
     def _er_query(self, label: str) -> ErQuery.Response | None:
         """A 3D box query for `label`, camera after camera (the default first) until one sees it
-        with 3D (an arm may hide it from one); None when ER is unreachable or none sees it."""
+        with 3D (an arm may hide it from one); None when none sees it. Raises RuntimeError when
+        ER does not answer: "not seen" and "not asked" must not look alike."""
         if not self._er.wait_for_service(timeout_sec=min(2.0, self._er_timeout)):
-            return None
+            raise RuntimeError(f"ER query: service {self._er.srv_name} is not available")
         for camera in self._cameras:
             request = ErQuery.Request(query_type=ErQuery.Request.BOXES, query=label,
                                       camera=camera, max_results=1, with_3d=True)
-            try:
-                answer = self._call(self._er, request, "ER query", timeout=self._er_timeout)
-            except RuntimeError as exc:
-                self.get_logger().warning(str(exc))
-                return None
+            answer = self._call(self._er, request, "ER query", timeout=self._er_timeout)
             if answer.success and answer.boxes and answer.boxes[0].has_position_3d:
                 return answer
         return None
 
     def _locate(self, label: str) -> list[float] | None:
-        """Where `label` is (world frame, m) by ER: the code-as-policy programs' detect()."""
-        answer = self._er_query(label)
+        """Where `label` is (world frame, m) by ER: the code-as-policy programs' detect(). An
+        unanswered query fails the plan rather than reading as "not there"."""
+        try:
+            answer = self._er_query(label)
+        except RuntimeError as exc:
+            raise PlanError(f"cannot look for the {label}: {exc}") from None
         box = answer.boxes[0] if answer else None
         if box is None or not box.has_position_3d:
             return None
@@ -239,7 +240,11 @@ class InstructionServer(Node):
         """The objects `labels` as ER sees them (3D boxes); None when one is not seen."""
         states = {}
         for label in labels:
-            answer = self._er_query(label)
+            try:
+                answer = self._er_query(label)
+            except RuntimeError as exc:
+                self.get_logger().warning(str(exc))
+                return None
             box = answer.boxes[0] if answer else None
             if box is None or not box.has_position_3d:
                 return None
