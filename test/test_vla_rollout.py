@@ -154,3 +154,28 @@ def test_elapsed_delay_and_progress_to_hold_shape_the_training_rows(tmp_path):
     with pytest.raises(ValueError, match="elapsed_delay"):
         train(TrainSettings(datasets=[str(data)], output_dir=str(tmp_path / "run"),
                             elapsed_delay=-1.0))
+
+
+def test_cli_passes_the_recovery_options_on(monkeypatch):
+    """record-expert's noise/hold flags reach ExpertSettings; finetune's --elapsed-delay and
+    --progress-to-hold reach TrainSettings."""
+    import vla_data.expert
+    import vla_model.training
+    from bimanual_core import cli
+    seen = {}
+    monkeypatch.setattr(vla_data.expert, "generate",
+                        lambda out, settings, *a, **k: seen.setdefault("expert", settings) and {
+                            "episodes_kept": 0, "failures": [], "seconds": 0.0, "dataset": out,
+                            "episodes_total": 0, "frames_total": 0})
+    monkeypatch.setattr(vla_model.training, "train",
+                        lambda settings: seen.setdefault("train", settings) and {})
+    parser = cli.build_parser()
+    args = parser.parse_args(["record-expert", "--out", "x", "--action-noise", "0.03",
+                              "--noise-time", "0.4", "--hold", "3"])
+    args.func(args)
+    assert (seen["expert"].action_noise, seen["expert"].noise_time_s,
+            seen["expert"].hold_s) == (0.03, 0.4, 3.0)
+    args = parser.parse_args(["finetune", "--data", "d", "--out", "o", "--elapsed-delay", "3",
+                              "--progress-to-hold"])
+    args.func(args)
+    assert seen["train"].elapsed_delay == 3.0 and seen["train"].progress_to_hold
