@@ -12,8 +12,8 @@ policy says done, the outcome is judged `settle_s` later from the simulator's st
 episode fails at the time limit. A 60 s ROS episode costs ~120 s of wall time; here ~3x less, so
 checkpoints can be compared on 10-20 seeds in minutes (`bench/rollout.py`).
 
-`visit` (an optional callback) sees every control step: DAgger uses it to relabel the states the
-learned policy visits with the expert's action.
+`visit` (an optional callback) sees every control step: what a diagnosis traces, or what a DAgger
+round would relabel with the expert's action (not built yet).
 """
 from __future__ import annotations
 
