@@ -113,7 +113,9 @@ def test_observation_from_four_cameras_with_one_bad_then_stopped(ros_context, tm
     for cam in ("cam_high", "cam_low", "cam_left_wrist"):
         assert h[cam].ok and h[cam].status == "ok"
         assert h[cam].rate_hz == pytest.approx(CAMERA_RATES[cam], rel=0.3)
-        assert 0 <= h[cam].latency_ms < 200
+        # Receipt on the node's sim clock, which trails this test's: a frame can arrive before
+        # the /clock message (every 5 ms) of its own stamp, so up to two clock steps below zero.
+        assert -10 <= h[cam].latency_ms < 200
         assert abs(h[cam].age_ms) <= 50
     for cam, img in zip(last.camera_names, last.images):
         assert (img.width, img.height, img.encoding) == (64, 48, "rgb8")

@@ -430,17 +430,25 @@ def test_wall_clock_commands_come_from_a_control_thread_at_50_hz(world_factory, 
     assert world.start_decoder().success             # no /clock from here on: wall time only
     time.sleep(1.0)                                  # the first chunks arrive
     with world.cond:
-        first = len(world.commands)
+        first, m0 = len(world.commands), world.metrics
     time.sleep(2.0)
     with world.cond:
-        window = world.commands[first:]
+        window, m1 = world.commands[first:], world.metrics
+    # 50 Hz by the decoder's own tick count between two metrics messages (published once a
+    # second, stamped on its clock), and every tick's command received here, when this
+    # (unprivileged, maybe loaded) process gets to it.
+    rate = (m1.ticks - m0.ticks) / (time_to_sec(m1.header.stamp) - time_to_sec(m0.header.stamp))
+    assert rate == pytest.approx(1 / DT, rel=0.02)
+    with world.cond:
+        assert world.cond.wait_for(lambda: len(world.commands) - first >= 0.95 * 2.0 / DT,
+                                   timeout=5.0), len(world.commands) - first
     times = np.array([t for t, _ in window])
-    assert len(window) == pytest.approx(100, abs=5)
-    assert np.diff(times).mean() == pytest.approx(DT, rel=0.02)
-    # It follows the chunks stamped on the wall clock (none rejected as in the past); the
-    # tolerance covers the wave's motion between the decoder's tick and the receipt here.
+    assert np.diff(times).mean() == pytest.approx(DT, rel=0.25)    # as received here
+    # It follows the chunks stamped on the wall clock (none rejected as in the past): each
+    # command is the wave at its tick, which this process receives up to a few loaded ms later.
     for t, command in window:
-        assert command == pytest.approx(world.target(t), abs=0.02)
+        assert any(command == pytest.approx(world.target(t - delay), abs=0.02)
+                   for delay in np.arange(0.0, 0.1, 0.002)), (t, command, world.target(t))
     metrics = world.metrics
     assert metrics.state == "executing" and metrics.chunks_received >= 2
     assert metrics.chunks_rejected == 0 and metrics.missed_ticks <= 0.02 * metrics.ticks
