@@ -5,10 +5,14 @@ node is then destroyed and the process exits 0. A node that cannot start because
 parameter or configuration (ValueError, ConfigError) logs one FATAL line with the reason, no
 traceback, and exits 2. A signal can shut the context down while a callback is running; rclpy
 then raises from inside that callback (e.g. "Unable to convert call argument" from a publish on
-the dead context). Such an error after shutdown has begun is the shutdown itself, not a failure.
+the dead context, or from taking a message on a subscription being torn down). Such an error
+after shutdown has begun is the shutdown itself, not a failure. rclpy shuts the context down from
+its own signal-handling thread, so the error can surface a moment before `rclpy.ok()` turns
+false: an error is re-raised only if the context is still up after SHUTDOWN_GRACE_S.
 """
 from __future__ import annotations
 
+import time
 from typing import Callable, TypeVar
 
 import rclpy
@@ -18,6 +22,15 @@ from rclpy.node import Node
 
 N = TypeVar("N", bound=Node)
 EXIT_BAD_CONFIGURATION = 2
+SHUTDOWN_GRACE_S = 1.0
+
+
+def _shutting_down(grace_s: float | None = None) -> bool:
+    """Whether the context is shut down, or goes down within `grace_s` (SHUTDOWN_GRACE_S)."""
+    deadline = time.monotonic() + (SHUTDOWN_GRACE_S if grace_s is None else grace_s)
+    while rclpy.ok() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return not rclpy.ok()
 
 
 def run_node(make_node: Callable[[], N], name: str, args=None, threads: int = 1,
@@ -48,7 +61,7 @@ def run_node(make_node: Callable[[], N], name: str, args=None, threads: int = 1,
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception:
-        if rclpy.ok():
+        if not _shutting_down():
             raise
     finally:
         if node is not None:
