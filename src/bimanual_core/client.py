@@ -192,13 +192,10 @@ class StackClient:
         return None
 
     def _wait_listed(self, goal_id: bytes, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def listed():
             with self._lock:
-                if goal_id in self._listed_goals:
-                    return True
-            time.sleep(0.02)
-        return False
+                return goal_id in self._listed_goals
+        return wait_until(listed, timeout)
 
     def call(self, service_client, request, timeout: float):
         """Call a service through this client's node; the response, or None after `timeout`."""
@@ -206,12 +203,7 @@ class StackClient:
 
     @staticmethod
     def _wait(future, timeout: float):
-        deadline = time.monotonic() + timeout
-        while not future.done():
-            if time.monotonic() > deadline:
-                return None
-            time.sleep(0.01)
-        return future.result()
+        return future.result() if wait_until(future.done, timeout) else None
 
     def close(self) -> None:
         self._executor.shutdown(timeout_sec=1.0)
@@ -224,6 +216,16 @@ class StackClient:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, period: float = 0.01) -> bool:
+    """Poll `predicate` every `period` s until it holds (True) or `timeout` s pass (False)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(period)
+    return True
 
 
 def format_feedback(fb: ExecuteInstruction.Feedback) -> str:

@@ -28,7 +28,7 @@ from std_srvs.srv import Trigger
 
 from aloha_driver.sim_node import RESET_SERVICE
 from bimanual_core.bringup import StackProcesses, node_launch_specs, with_backbone_policy
-from bimanual_core.client import StackClient
+from bimanual_core.client import StackClient, wait_until
 from bimanual_core.config import load_embodiment, load_stack, load_tasks, repo_root
 from bimanual_core.evaluation import (EpisodeRecord, build_report, classify_failure,
                                       machine_description, progress_line, write_json,
@@ -166,15 +166,6 @@ class _SceneWatch:
             return self._first, self._last, self._max_z
 
 
-def _wait(predicate, timeout: float, period: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(period)
-    return True
-
-
 class EpisodeRunner:
     """Runs one episode at a time on a stack that is up: choose the scene, instruct, record."""
 
@@ -220,7 +211,8 @@ class EpisodeRunner:
         if crashed:
             raise StackFailure(crashed)
         # A decoder still holding the last pose would drag the reset robot back to it.
-        if not _wait(lambda: self.watch.decoder_state in (None, "idle"), DECODER_IDLE_TIMEOUT_S):
+        if not wait_until(lambda: self.watch.decoder_state in (None, "idle"), DECODER_IDLE_TIMEOUT_S,
+                          period=0.02):
             self.say(f"[eval] warning: the decoder is still {self.watch.decoder_state} "
                      f"{DECODER_IDLE_TIMEOUT_S:.0f} s after the last episode; resetting anyway")
         for service in (self._set_params, self._reset):
@@ -237,7 +229,8 @@ class EpisodeRunner:
             raise StackFailure("the scene reset failed: "
                                f"{answer.message if answer else 'no answer'}")
         fresh_after = (self.client.sim_time or 0.0) + SCENE_SETTLE_S
-        if not _wait(lambda: self.watch.last_stamp() >= fresh_after, SERVICE_TIMEOUT_S):
+        if not wait_until(lambda: self.watch.last_stamp() >= fresh_after, SERVICE_TIMEOUT_S,
+                          period=0.02):
             raise StackFailure(self.dead_node() or "no ground truth from the simulator after "
                                "the scene reset")
 

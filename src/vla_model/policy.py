@@ -5,9 +5,9 @@ ones masked), the instruction and the joints, and predicts a whole chunk; the de
 not-yet-executed actions go in as conditioning. Its progress head (0..1 through the task, learned
 from the demonstrations' timing) says when the task is done, which the instruction server waits
 for before it judges the outcome. With `hold_when_done` the policy then holds the pose it was at
-when it said done (its done chunk's first action): the stack keeps asking for chunks while the outcome settles (1.5 s), past the end of
-every demonstration, where the model's actions are an extrapolation (measured: grippers opening on
-a lifted cube).
+when it said done (its done chunk's first action): the stack keeps asking for chunks while the
+outcome settles (1.5 s), past the end of every demonstration, where the model's actions are an
+extrapolation (measured: grippers opening on a lifted cube).
 """
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ class LearnedPolicy(Policy):
         if self._start is None:
             self._start = obs.stamp
         if self._hold is not None:
-            return np.repeat(self._hold[None], self.horizon, 0)
+            return self._held_chunk()
         t0 = time.perf_counter()
         inputs = self.processor.inputs(frames, self._instruction, obs.joint_positions,
                                        conditioning, elapsed=max(0.0, obs.stamp - self._start))
@@ -108,5 +108,8 @@ class LearnedPolicy(Policy):
                                   description=f"{self._instruction} ({progress:.0%})", done=done)
         if done and self.hold_when_done:
             self._hold = chunk[0].copy()
-            return np.repeat(self._hold[None], self.horizon, 0)
+            return self._held_chunk()
         return chunk[:self.horizon]
+
+    def _held_chunk(self) -> np.ndarray:
+        return np.repeat(self._hold[None], self.horizon, 0)
