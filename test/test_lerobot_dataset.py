@@ -109,8 +109,9 @@ def test_environment_state_round_trip_and_checks(tmp_path):
 
 @pytest.mark.slow
 def test_pointing_views_place_the_arms_and_label_the_target(tmp_path):
-    """record-views: one scene per episode, the arms at the poses of a dataset, the target
-    object's true position per frame, never a successful demonstration."""
+    """record-views: one scene per episode, the arms at the poses of a dataset, the task objects'
+    true positions per frame (a place: the cube, then the bowl), never a successful
+    demonstration."""
     from aloha_driver.sim import AlohaSim
     from bimanual_core.config import load_embodiment
     from vla_data.expert import ViewSettings, generate_views
@@ -122,17 +123,21 @@ def test_pointing_views_place_the_arms_and_label_the_target(tmp_path):
     reach[1] += 0.5                                   # left shoulder forward
     w.add_episode(Episode("t", [reach] * 2, [reach] * 2,
                           {"cam_high": [np.zeros((240, 320, 3), np.uint8)] * 2}, True))
-    settings = ViewSettings(cameras=("cam_high",), views_per_scene=3, poses_from=str(poses))
+    settings = ViewSettings(task="place", cameras=("cam_high",), views_per_scene=3,
+                            poses_from=str(poses))
     summary = generate_views(tmp_path / "views", settings, scenes=2, seed=200_000)
     assert summary["episodes_kept"] == 2
     data = LeRobotDataset(tmp_path / "views")
-    with AlohaSim(emb, "pick") as sim:
+    assert data.environment_names == ["target.x", "target.y", "target.z",
+                                      "bowl.x", "bowl.y", "bowl.z"]
+    with AlohaSim(emb, "place") as sim:
         for i, seed in enumerate((200_000, 200_001)):
             sim.reset(seed)
             table = data.episode_table(i)
             assert not data.success(i) and len(table["observation.state"]) == 3
+            located = np.concatenate([sim.target_position(), sim.object_position("bowl")])
             np.testing.assert_allclose(table["observation.environment_state"],
-                                       np.tile(sim.target_position(), (3, 1)), atol=1e-5)
+                                       np.tile(located, (3, 1)), atol=1e-5)
             np.testing.assert_allclose(table["observation.state"][0], emb.home, atol=1e-5)
             np.testing.assert_allclose(table["observation.state"][1], reach, atol=1e-5)
             frames = data.frames(i, "cam_high").astype(int)

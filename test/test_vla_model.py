@@ -184,13 +184,18 @@ def test_training_lowers_the_loss_checkpoints_and_resumes(tmp_path):
     assert bright_minus_dark(tuned.eval()) > 0.2
 
 
-def write_views(root, scenes=6, views=3):
-    """Pointing views whose target lies left on dark scenes and right on bright ones."""
+def write_views(root, scenes=6, views=3, with_bowl=False):
+    """Pointing views whose target lies left on dark scenes and right on bright ones (and, with a
+    bowl, whose bowl lies far on dark scenes and near on bright ones)."""
+    names = ["target.x", "target.y", "target.z"] + (["bowl.x", "bowl.y", "bowl.z"]
+                                                     if with_bowl else [])
     writer = LeRobotWriter(root, 50.0, EMB.joint_names, CAMS, (48, 64), "aloha2",
-                           environment_names=["target.x", "target.y", "target.z"])
+                           environment_names=names)
     for e in range(scenes):
         bright = e % 2 == 0
-        target = np.tile([0.1 if bright else -0.1, 0.5, 0.02], (views, 1))
+        located = [0.1 if bright else -0.1, 0.5, 0.02] + ([0.1, 0.4 if bright else 0.6, 0.02]
+                                                           if with_bowl else [])
+        target = np.tile(located, (views, 1))
         frames = {c: [np.full((48, 64, 3), 220 if bright else 30, np.uint8)] * views
                   for c in CAMS}
         states = np.tile(EMB.home, (views, 1))

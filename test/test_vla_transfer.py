@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from bimanual_core.config import load_embodiment
-from test_vla_model import EMB, tiny_config, write_demos
+from test_vla_model import EMB, tiny_config, uniform_image_inputs, write_demos, write_views
 from vla_model.modeling import BimanualVLAModel
 from vla_model.processing import TextEncoder
-from vla_model.transfer import adapt_to_embodiment, is_embodiment_specific
+from vla_model.transfer import adapt_point_objects, adapt_to_embodiment, is_embodiment_specific
 
 FRANKA = load_embodiment("franka_duo")
 
@@ -96,3 +96,34 @@ def test_finetune_cli_turns_an_aloha_checkpoint_into_a_franka_policy(tmp_path):
     assert chunk.shape == (FRANKA.chunk_horizon, 16) and np.all(np.isfinite(chunk))
     with pytest.raises(PolicyError, match="trained for franka_duo"):
         make_policy("learned", EMB, checkpoint=str(out), device="cpu")
+
+
+def test_finetune_widens_the_point_head_to_locate_the_container_too(tmp_path):
+    """A pick checkpoint (locating the cube) fine-tuned on place data that also records the bowl:
+    the cube's rows keep their weights and statistics, the bowl's are learned from the data."""
+    from vla_model.training import TrainSettings, train
+    source = source_checkpoint(tmp_path / "src")
+    wide = adapt_point_objects(source, 2)
+    assert wide.config.point_dim == 6 and wide.point_out.out_features == 6
+    torch.testing.assert_close(wide.point_out.weight[:3], source.point_out.weight)
+    torch.testing.assert_close(wide.text_proj.weight, source.text_proj.weight)
+
+    demos, views = write_demos(tmp_path / "demos"), write_views(tmp_path / "views", with_bowl=True)
+    train(TrainSettings(datasets=[str(demos)], view_datasets=[str(views)],
+                        output_dir=str(tmp_path / "ft"), steps=100, batch_size=8,
+                        view_batch_size=8, learning_rate=3e-3, warmup_steps=5, save_every=100,
+                        eval_every=100, val_fraction=0.0, image_stride=5,
+                        init_from=str(tmp_path / "src")))
+    tuned = BimanualVLAModel.from_pretrained(tmp_path / "ft").eval()
+    assert tuned.config.point_objects == 2
+    torch.testing.assert_close(tuned.point_mean[:3], source.point_mean)     # the cube: kept
+    torch.testing.assert_close(tuned.point_mean[3:], torch.tensor([0.1, 0.5, 0.02]))
+    bright, dark = (tuned.predict(**uniform_image_inputs(v, 1.0)).point[0] for v in (220, 30))
+    assert dark[4] - bright[4] > 0.12               # the bowl: 0.2 apart in y in the views
+    assert bright[0] - dark[0] > 0.12               # the cube: 0.2 apart in x
+
+    pick_views = write_views(tmp_path / "pick_views")
+    with pytest.raises(ValueError, match="same objects"):
+        train(TrainSettings(datasets=[str(demos)], view_datasets=[str(views), str(pick_views)],
+                            output_dir=str(tmp_path / "mixed"), steps=1,
+                            init_from=str(tmp_path / "src")))

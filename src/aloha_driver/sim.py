@@ -128,6 +128,13 @@ class AlohaSim:
         """World position of the object the task's instruction acts on (its first object)."""
         return self.object_position(self.scene.objects[0].name)
 
+    def task_object_positions(self) -> np.ndarray:
+        """(3 K,) world positions of the task's K objects (not its distractors), the instruction's
+        object first, then e.g. the container a place puts it in: what the point head learns."""
+        return np.concatenate([self.object_position(obj.name) for obj, spec in
+                               zip(self.scene.objects, self.scene.object_specs)
+                               if not spec.is_distractor])
+
     def set_joint_positions(self, positions: np.ndarray) -> None:
         """Place the arms at `positions` (14-D) kinematically, without simulating: for rendering
         views of a scene with the arms elsewhere. The held command follows."""

@@ -16,6 +16,16 @@ DEMO_SEED_BASE = 100_000
 TARGET_STATE_NAMES = ("target.x", "target.y", "target.z")   # observation.environment_state
 
 
+def task_object_state_names(task: str) -> tuple[str, ...]:
+    """`observation.environment_state`'s names for `AlohaSim.task_object_positions`: the
+    instruction's object as `target.*`, each further task object (a place's bowl) by its name."""
+    from aloha_driver.scene import task_object_specs
+    from bimanual_core.config import load_tasks
+    specs, _ = task_object_specs(task, load_tasks())
+    names = [s.name for s in specs if not s.is_distractor][1:]
+    return TARGET_STATE_NAMES + tuple(f"{name}.{axis}" for name in names for axis in "xyz")
+
+
 def image_size(embodiment: Embodiment) -> tuple[int, int]:
     """(height, width) of the simulated cameras' images."""
     sim = embodiment.simulation

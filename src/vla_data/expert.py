@@ -5,8 +5,9 @@ config/tasks.yaml), plans with the zero-shot ER policy on ground-truth object bo
 `sim` backend reports), executes the plan at the control rate and renders the cameras at their
 configured rate, exactly the observations the ROS stack would publish. Frames are recorded at the
 control rate: the measured joints before each step, the command sent in that step, and each
-camera's latest image, plus the position of the object the instruction acts on
-(`observation.environment_state`, which training uses to teach the model where it is). The
+camera's latest image, plus the positions of the task's objects, the one the instruction acts on
+first, then e.g. the bowl a place puts it in (`observation.environment_state`, which training
+uses to teach the model where they are). The
 simulator judges success with the same rule as the instruction server.
 
 Scenes come from `vla_data.collection.DEMO_SEED_BASE` on, apart from the evaluation's seeds.
@@ -33,7 +34,8 @@ from typing import Callable
 
 import numpy as np
 
-from vla_data.collection import DEMO_SEED_BASE, TARGET_STATE_NAMES, SeedLog, embodiment_writer
+from vla_data.collection import (DEMO_SEED_BASE, SeedLog, embodiment_writer,
+                                 task_object_state_names)
 
 SETTLE_S = 0.5            # default sim time recorded after the plan ends: the final state is seen
 VIEW_SEED_BASE = 200_000  # pointing-view scenes: apart from demonstrations and evaluation
@@ -136,7 +138,7 @@ class _Viewer(_Collector):
             q = self.embodiment.home if k == 0 else self.poses[rng.integers(len(self.poses))]
             sim.set_joint_positions(q)
             states.append(sim.joint_positions())
-            targets.append(sim.target_position())
+            targets.append(sim.task_object_positions())
             for c, frame in self.render().items():
                 images[c].append(frame)
         return Episode(task=sim.instruction, states=states, actions=states, images=images,
@@ -197,7 +199,7 @@ class _Expert(_Collector):
             offset += 1
             states.append(q)
             actions.append(row)
-            targets.append(sim.target_position())
+            targets.append(sim.task_object_positions())
             for c in self.cameras:
                 images[c].append(latest[c])      # the same array object: no copy per frame
             sim.step(row + noise())
@@ -271,7 +273,7 @@ def _collect(out, settings, seed_log: str, episodes: int, seed: int, workers: in
 
     os.environ.setdefault("MUJOCO_GL", "egl")
     writer = embodiment_writer(out, load_embodiment(settings.embodiment), resume,
-                               settings.cameras, TARGET_STATE_NAMES)
+                               settings.cameras, task_object_state_names(settings.task))
     seeds = SeedLog(out, seed_log, resume)
     todo = seeds.todo(seed, episodes)
     t0, kept, failed = time.monotonic(), 0, []

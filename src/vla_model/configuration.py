@@ -38,6 +38,9 @@ class BimanualVLAConfig(PretrainedConfig):
         pointing views). It is embodied-reasoning co-training: the action queries read the same
         memory, which must now say where the object is (measured without it: grasps landing
         4-15 cm from the cube, 1/10 picks).
+    point_objects: how many task objects the point head locates (3 values each), the
+        instruction's object first: 2 for a place (the cube, then the bowl it goes in), whose
+        motion depends on where the container is as much as on where the object is.
     """
 
     model_type = "bimanual_vla"
@@ -49,7 +52,7 @@ class BimanualVLAConfig(PretrainedConfig):
                  freeze_vision=True, text_encoder=MINILM, text_dim=384,
                  max_text_tokens=16, text_pooling="mean", time_input=True, hidden_size=192, num_heads=6,
                  encoder_layers=2, decoder_layers=2, feedforward_size=768, actions_per_query=5, dropout=0.1, action_head="regression",
-                 flow_steps=10, point_head=False, max_conditioning=None, joint_names=None, embodiment="aloha2",
+                 flow_steps=10, point_head=False, point_objects=1, max_conditioning=None, joint_names=None, embodiment="aloha2",
                  control_rate_hz=50.0, **kwargs):
         if action_head not in ACTION_HEADS:
             raise ValueError(f"action_head must be one of {ACTION_HEADS}, got {action_head!r}")
@@ -88,8 +91,16 @@ class BimanualVLAConfig(PretrainedConfig):
         self.action_head = action_head
         self.flow_steps = int(flow_steps)
         self.point_head = bool(point_head)
+        self.point_objects = int(point_objects)
+        if self.point_objects < 1:
+            raise ValueError(f"point_objects must be >= 1, got {point_objects}")
         self.max_conditioning = int(max_conditioning or chunk_size)
         self.joint_names = list(joint_names) if joint_names else None
         self.embodiment = embodiment
         self.control_rate_hz = float(control_rate_hz)
         super().__init__(**kwargs)
+
+    @property
+    def point_dim(self) -> int:
+        """Values the point head predicts: x, y, z of each located object."""
+        return 3 * self.point_objects

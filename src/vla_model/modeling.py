@@ -107,7 +107,7 @@ class VLAOutput:
     point_loss: torch.Tensor | None = None
     actions: torch.Tensor | None = None      # (B, H, D) absolute targets (regression head)
     progress: torch.Tensor | None = None     # (B,) 0..1 through the task
-    point: torch.Tensor | None = None        # (B, 3) world position of the target object (m)
+    point: torch.Tensor | None = None        # (B, 3 K) world positions of the task objects (m)
 
 
 def _layers(config: BimanualVLAConfig, decoder: bool) -> nn.Module:
@@ -155,7 +155,7 @@ class BimanualVLAModel(PreTrainedModel):
         self.action_out = nn.Linear(d, per_query)
         self.progress_out = nn.Linear(d, 1)
         if config.point_head:
-            self.point_out = nn.Linear(d, 3)
+            self.point_out = nn.Linear(d, config.point_dim)
         if config.action_head == "flow":
             self.noisy_action_in = nn.Linear(per_query, d)
             self.time_mlp = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
@@ -164,8 +164,8 @@ class BimanualVLAModel(PreTrainedModel):
             self.register_buffer(name, torch.zeros(dim))
         for name in ("state_std", "action_std"):
             self.register_buffer(name, torch.ones(dim))
-        self.register_buffer("point_mean", torch.zeros(3))
-        self.register_buffer("point_std", torch.ones(3))
+        self.register_buffer("point_mean", torch.zeros(config.point_dim))
+        self.register_buffer("point_std", torch.ones(config.point_dim))
         self.post_init()
         if config.freeze_vision:
             self.vision.requires_grad_(False)
@@ -200,10 +200,16 @@ class BimanualVLAModel(PreTrainedModel):
     def set_normalization(self, state_mean, state_std, action_mean, action_std,
                           point_mean=None, point_std=None) -> None:
         """Per-joint statistics of the training data (std floored so constant joints are safe)."""
-        stats = [("state_mean", state_mean), ("state_std", state_std),
-                 ("action_mean", action_mean), ("action_std", action_std)]
+        self._set_stats([("state_mean", state_mean), ("state_std", state_std),
+                         ("action_mean", action_mean), ("action_std", action_std)])
         if point_mean is not None:
-            stats += [("point_mean", point_mean), ("point_std", point_std)]
+            self.set_point_normalization(point_mean, point_std)
+
+    def set_point_normalization(self, mean, std) -> None:
+        """Statistics of the located objects' world positions (3 K values)."""
+        self._set_stats([("point_mean", mean), ("point_std", std)])
+
+    def _set_stats(self, stats) -> None:
         for name, value in stats:
             value = torch.as_tensor(value, dtype=torch.float32)
             if name.endswith("std"):

@@ -6,9 +6,11 @@ action transformer: that is what makes training practical on a CPU. Every contro
 successful episode is a sample; it sees the latest camera frame at or before it (as the robot
 does, cameras being slower than control), the joint state, the instruction and, half of the time,
 a noisy copy of the actions a previous chunk would still have pending (the `conditioning` input).
-Where a dataset records `observation.environment_state` (the target object's position), the
+Where a dataset records `observation.environment_state` (the task objects' positions), the
 model's point head learns it too; pointing-view datasets (`view_datasets`, from `record-views`)
 add rows that teach only that, from many more object layouts (embodied-reasoning co-training).
+Fine-tuning on data that locates more objects than the checkpoint did (a pick checkpoint on
+place data that also records the bowl) widens the point head and keeps the known rows.
 
 Runs are seeded, log to `<output>/train_log.jsonl`, write `checkpoint-<step>/` every
 `save_every` steps (model + optimiser + RNG: `resume=True` continues from the newest) and the
@@ -36,7 +38,7 @@ from vla_data.lerobot import ENV_STATE_KEY, LeRobotDataset
 from vla_model.configuration import BimanualVLAConfig
 from vla_model.modeling import BimanualVLAModel
 from vla_model.processing import TextEncoder, pick_device
-from vla_model.transfer import adapt_to_embodiment, needs_transfer
+from vla_model.transfer import adapt_point_objects, adapt_to_embodiment, needs_transfer
 
 TRAINER_STATE = "trainer_state.pt"
 VIEW_ELAPSED_S = 10.0    # a view has no episode time: it gets a random one, so points ignore it
@@ -92,6 +94,7 @@ class DemoSet:
                  views: bool = False):
         cfg = model.config
         self.chunk = cfg.chunk_size
+        self.point_dim = cfg.point_dim
         self.stride = image_stride
         self.views = views
         self.states, self.actions, self.features, self.tasks = [], [], [], []
@@ -114,7 +117,11 @@ class DemoSet:
                 table = data.episode_table(i)
                 self.states.append(table["observation.state"])
                 self.actions.append(table["action"])
-                self.points.append(table.get(ENV_STATE_KEY))
+                point = table.get(ENV_STATE_KEY)
+                if point is not None and cfg.point_head and point.shape[1] != cfg.point_dim:
+                    raise ValueError(f"{root} locates {point.shape[1] // 3} objects, the model's "
+                                     f"point head {cfg.point_objects}")
+                self.points.append(point)
                 self.features.append(feats[i])
                 self.tasks.append(task_texts.setdefault(data.task(i), len(task_texts)))
                 self.camera_masks.append(camera_mask)
@@ -174,9 +181,9 @@ class DemoSet:
         return s.mean(0), s.std(0), a.mean(0), a.std(0)
 
     def known_points(self) -> np.ndarray:
-        """(M, 3) every recorded target position (empty if none)."""
+        """(M, 3 K) every recorded task-object position row (empty if none)."""
         known = [p for p in self.points if p is not None]
-        return np.concatenate(known) if known else np.zeros((0, 3), np.float32)
+        return np.concatenate(known) if known else np.zeros((0, self.point_dim), np.float32)
 
     def batch(self, rows: np.ndarray, settings: TrainSettings, action_std: np.ndarray,
               rng: np.random.Generator, train: bool) -> dict[str, torch.Tensor]:
@@ -198,7 +205,7 @@ class DemoSet:
                            else t * self.periods[e] + late)
             tasks.append(self.tasks[e])
             known = self.points[e] is not None
-            points.append(self.points[e][t] if known else np.zeros(3, np.float32))
+            points.append(self.points[e][t] if known else np.zeros(self.point_dim, np.float32))
             point_mask.append(known)
             c, m = np.zeros((h, actions.shape[1]), np.float32), np.zeros(h, bool)
             if train and not self.views and rng.random() < settings.conditioning_prob:
@@ -261,34 +268,52 @@ def _target_embodiment(settings: TrainSettings) -> str | None:
     return robot if robot and (config_dir() / f"{robot}.yaml").exists() else None
 
 
-def build_model(settings: TrainSettings, say) -> tuple[BimanualVLAModel, bool]:
-    """The model to train and whether its joint normalisation must come from the data (a new
-    model, or a checkpoint re-headed for another embodiment)."""
+def _located_objects(roots: list[str]) -> int:
+    """How many task objects the datasets locate (`observation.environment_state` holds 3 values
+    per object; 0 when none records it). Datasets that record it must agree."""
+    counts = {len(LeRobotDataset(r).environment_names) for r in roots} - {0}
+    if len(counts) > 1 or any(c % 3 for c in counts):
+        raise ValueError(f"the datasets {roots} record {sorted(counts)} environment values: "
+                         "train on datasets that locate the same objects (3 values each)")
+    return counts.pop() // 3 if counts else 0
+
+
+def build_model(settings: TrainSettings, say) -> tuple[BimanualVLAModel, bool, int]:
+    """The model to train, whether its joint normalisation must come from the data (a new
+    model, or a checkpoint re-headed for another embodiment), and how many of its point
+    normalisation values are already set (the rest come from the data)."""
     from bimanual_core.config import load_embodiment
+    objects = _located_objects(settings.datasets + settings.view_datasets)
     if settings.init_from:
         say(f"[train] fine-tuning {settings.init_from}")
         model = BimanualVLAModel.from_pretrained(settings.init_from)
+        point_values = model.config.point_dim
+        if objects and model.config.point_head and objects != model.config.point_objects:
+            say(f"[train] the point head now locates {objects} objects (it located "
+                f"{model.config.point_objects}): rows of the objects it knew are kept")
+            point_values = min(point_values, 3 * objects)
+            model = adapt_point_objects(model, objects)
         target = _target_embodiment(settings)
         if target is None:
-            return model, False
+            return model, False, point_values
         embodiment = load_embodiment(target)
         if not needs_transfer(model, embodiment):
-            return model, False
+            return model, False, point_values
         model, report = adapt_to_embodiment(model, embodiment, seed=settings.seed)
         say(f"[train] cross-embodiment transfer {report.summary()}")
         output = Path(settings.output_dir)
         output.mkdir(parents=True, exist_ok=True)
         (output / "transfer.json").write_text(json.dumps(report.as_dict(), indent=1))
-        return model, True
+        return model, True, point_values
     embodiment = load_embodiment(settings.model.get("embodiment", "aloha2"))
     overrides = dict(action_dim=embodiment.action_dim, chunk_size=embodiment.chunk_horizon,
                      joint_names=embodiment.joint_names, embodiment=embodiment.name,
                      control_rate_hz=embodiment.control_rate_hz,
                      cameras=list(embodiment.cameras))
-    roots = settings.datasets + settings.view_datasets
-    overrides["point_head"] = any(LeRobotDataset(r).environment_names for r in roots)
+    overrides["point_head"] = objects > 0
+    overrides["point_objects"] = max(objects, 1)
     overrides.update(settings.model)
-    return BimanualVLAModel.from_encoders(BimanualVLAConfig(**overrides)), True
+    return BimanualVLAModel.from_encoders(BimanualVLAConfig(**overrides)), True, 0
 
 
 def _concat(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -314,8 +339,9 @@ def train(settings: TrainSettings,
     rng = np.random.default_rng(settings.seed + rank)
 
     resume_from = _latest_checkpoint(output) if settings.resume else None
-    model, fresh_stats = ((BimanualVLAModel.from_pretrained(resume_from), False) if resume_from
-                          else build_model(settings, say))
+    model, fresh_stats, point_values_set = (
+        (BimanualVLAModel.from_pretrained(resume_from), False, -1) if resume_from
+        else build_model(settings, say))
     text = TextEncoder(model.config.text_encoder, model.config.max_text_tokens, device)
     demos = DemoSet(settings.datasets, model, text, settings.image_stride, device, say)
     train_rows, val_rows = demos.split(settings.val_fraction, np.random.default_rng(settings.seed))
@@ -326,13 +352,14 @@ def train(settings: TrainSettings,
         views = DemoSet(settings.view_datasets, model, text, 1, device, say, views=True)
         view_train, view_val = views.split(settings.val_fraction,
                                            np.random.default_rng(settings.seed))
-    if fresh_stats and settings.init_from:      # re-headed: new joints, the same world
+    if fresh_stats:         # a new model, or re-headed for new joints (the same world)
         model.set_normalization(*demos.stats())
-    elif fresh_stats:
-        points = np.concatenate([demos.known_points()]
-                                + ([views.known_points()] if views else []))
-        model.set_normalization(*demos.stats(), *((points.mean(0), points.std(0)) if len(points)
-                                                  else (None, None)))
+    points = np.concatenate([demos.known_points()] + ([views.known_points()] if views else []))
+    if 0 <= point_values_set < model.config.point_dim and len(points):
+        mean, std = points.mean(0), points.std(0)
+        keep = slice(0, point_values_set)
+        mean[keep], std[keep] = model.point_mean[keep].numpy(), model.point_std[keep].numpy()
+        model.set_point_normalization(mean, std)
     action_std = model.action_std.cpu().numpy()
     model.vision.requires_grad_(not model.config.freeze_vision)   # from_pretrained resets it
     model.to(device).train()
@@ -369,8 +396,9 @@ def train(settings: TrainSettings,
             yield batch, model(**inputs)
 
     def point_error_cm(pairs) -> float | None:
-        errors = [(out.point - batch["point"]).norm(dim=-1)[batch["point_mask"]]
-                  for batch, out in pairs if out.point is not None]
+        """Mean distance between predicted and true object positions, over objects and rows."""
+        errors = [(out.point - batch["point"]).unflatten(-1, (-1, 3)).norm(dim=-1)
+                  [batch["point_mask"]].flatten() for batch, out in pairs if out.point is not None]
         errors = torch.cat(errors) if errors else torch.zeros(0)
         return float(errors.mean() * 100) if len(errors) else None
 

@@ -94,3 +94,28 @@ def adapt_to_embodiment(model: BimanualVLAModel, embodiment: Embodiment,
     if cfg.freeze_vision:
         target.vision.requires_grad_(False)
     return target, report
+
+
+def adapt_point_objects(model: BimanualVLAModel, objects: int) -> BimanualVLAModel:
+    """`model` with a point head that locates `objects` task objects (fine-tuning a pick
+    checkpoint on place data that also records the bowl). Every other tensor is kept; the rows of
+    the objects both heads locate (the instruction's object first) keep their weights and
+    normalisation, new rows start as a new model's (their statistics come from the data)."""
+    cfg = model.config
+    if not cfg.point_head:
+        raise ValueError("the checkpoint has no point head to widen")
+    new_cfg = copy.deepcopy(cfg)
+    new_cfg.point_objects = objects
+    target = BimanualVLAModel(new_cfg)
+    kept = min(cfg.point_dim, new_cfg.point_dim)
+    merged = target.state_dict()
+    for name, tensor in model.state_dict().items():
+        if name.startswith("point_") and tensor.shape != merged[name].shape:
+            merged[name][:kept] = tensor[:kept]
+        else:
+            merged[name] = tensor.clone()
+    target.load_state_dict(merged)
+    target.to(next(model.parameters()).dtype)
+    if cfg.freeze_vision:
+        target.vision.requires_grad_(False)
+    return target
