@@ -175,10 +175,14 @@ def test_training_lowers_the_loss_checkpoints_and_resumes(tmp_path):
     log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").open()]
     assert log[-1]["step"] == 160 and len(log) == 3
 
-    # finetune: starts from the checkpoint (its normalisation kept), writes its own run.
+    # finetune: starts from the checkpoint (its normalisation kept), writes its own run, on at
+    # most max_demos of the dataset's demonstrations.
+    said = []
     train(TrainSettings(datasets=[str(data)], output_dir=str(tmp_path / "ft"), steps=10,
                         batch_size=8, save_every=10, eval_every=10, val_fraction=0.0,
-                        init_from=str(tmp_path / "run"), image_stride=5))
+                        init_from=str(tmp_path / "run"), image_stride=5, max_demos=3),
+          say=said.append)
+    assert any(line.startswith("[train] 3 episodes, 180 train") for line in said), said
     tuned = BimanualVLAModel.from_pretrained(tmp_path / "ft")
     torch.testing.assert_close(tuned.action_std, model.action_std)
     assert bright_minus_dark(tuned.eval()) > 0.2

@@ -314,7 +314,8 @@ def _train_settings(args, **extra):
                          image_stride=args.image_stride, device=args.device, resume=args.resume,
                          view_datasets=args.views or [], view_batch_size=args.view_batch_size,
                          elapsed_delay=args.elapsed_delay,
-                         progress_to_hold=args.progress_to_hold, model=model, **extra)
+                         progress_to_hold=args.progress_to_hold, max_demos=args.max_demos,
+                         model=model, **extra)
 
 
 def _run_training(settings, what: str) -> int:
@@ -366,6 +367,8 @@ def _add_training_args(p: argparse.ArgumentParser, steps: int, lr: float) -> Non
     p.add_argument("--progress-to-hold", action="store_true",
                    help="progress labels reach 1 where the demonstrated motion ends, not at the "
                         "last frame (for demonstrations with a long final hold)")
+    p.add_argument("--max-demos", type=_int_at_least(1), default=None, metavar="N",
+                   help="train on the first N successful demonstrations of the datasets")
 
 
 def _int_at_least(minimum: int):

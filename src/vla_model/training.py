@@ -73,6 +73,9 @@ class TrainSettings:
     # --hold) show the arm still for seconds, frames no camera can tell apart; labelled t / n they
     # teach a progress that never reaches the done threshold once the clock is not trusted.
     progress_to_hold: bool = False
+    # Train on at most this many successful demonstrations (the first ones, in dataset order):
+    # what a fine-tune budget of "<= 100 demonstrations" means with datasets that hold more.
+    max_demos: int | None = None
     device: str = "auto"
     init_from: str | None = None       # a checkpoint to fine-tune (finetune), else from encoders
     resume: bool = False
@@ -91,7 +94,7 @@ class DemoSet:
 
     def __init__(self, roots: list[str], model: BimanualVLAModel, text: TextEncoder,
                  image_stride: int, device: torch.device, say: Callable[[str], None],
-                 views: bool = False):
+                 views: bool = False, max_episodes: int | None = None):
         cfg = model.config
         self.chunk = cfg.chunk_size
         self.point_dim = cfg.point_dim
@@ -114,6 +117,8 @@ class DemoSet:
             for i in range(len(data)):
                 if not views and not data.success(i):
                     continue
+                if max_episodes is not None and len(self.states) == max_episodes:
+                    break
                 table = data.episode_table(i)
                 self.states.append(table["observation.state"])
                 self.actions.append(table["action"])
@@ -326,6 +331,8 @@ def train(settings: TrainSettings,
     """Train (or fine-tune) and save; returns the final metrics."""
     if settings.elapsed_delay < 0:
         raise ValueError(f"elapsed_delay must be >= 0 seconds, got {settings.elapsed_delay}")
+    if settings.max_demos is not None and settings.max_demos < 1:
+        raise ValueError(f"max_demos must be >= 1, got {settings.max_demos}")
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
@@ -343,7 +350,8 @@ def train(settings: TrainSettings,
         (BimanualVLAModel.from_pretrained(resume_from), False, -1) if resume_from
         else build_model(settings, say))
     text = TextEncoder(model.config.text_encoder, model.config.max_text_tokens, device)
-    demos = DemoSet(settings.datasets, model, text, settings.image_stride, device, say)
+    demos = DemoSet(settings.datasets, model, text, settings.image_stride, device, say,
+                    max_episodes=settings.max_demos)
     train_rows, val_rows = demos.split(settings.val_fraction, np.random.default_rng(settings.seed))
     views = view_train = view_val = None
     if settings.view_datasets:
