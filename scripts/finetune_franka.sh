@@ -1,25 +1,33 @@
 #!/usr/bin/env bash
 # Cross-embodiment fine-tuning: the ALOHA-trained models/default (14 joints) adapted to the bi-arm
 # Franka (franka_duo, 16 joints) with <= 100 scripted-expert demonstrations, then measured closed
-# loop through the whole ROS 2 stack in MuJoCo. `finetune` keeps every embodiment-independent
-# tensor of the checkpoint (vision/language projections, transformer, progress and point heads)
-# and re-creates the joint-state / conditioning input projections and the action output layer for
-# 16 joints (runs/franka_pick/transfer.json lists which). Results: README "Fine-tuning to the
-# Franka", bench/results/eval_franka_pick_finetuned_franka_duo.md.
-# The measured run (seed 0): 58 demonstrations (seeds 100000-100057; the recording was stopped
-# there), a 700-step schedule cut at step 500 for time, checkpoint-500 evaluated on seeds 0-9.
+# loop. `finetune` keeps every embodiment-independent tensor of the checkpoint (vision/language
+# projections, transformer, progress and point heads) and re-creates the joint-state /
+# conditioning input projections and the action output layer for 16 joints
+# (runs/<out>/transfer.json lists which).
+#
+# The recipe of models/default's recovery stage (scripts/train_pick.sh): DART action noise on the
+# executed joints with clean labels, a 3 s final hold, late episode clocks, progress labels that
+# reach 1 where the motion ends. The noise is 0.015 rad, half of ALOHA's: at 0.03 rad the
+# Franka's longer links turned it into centimetres at the gripper and 0 of 7 episodes picked; at
+# 0.015 rad 110 of 185 did (seeds 130000-130184), of which the first 100 are used.
+# Earlier run without the recipe (58 plain demonstrations, 500 steps): 0/4 through ROS, 0/6
+# in-process. Results: README "Fine-tuning to the Franka".
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DEMOS=${DEMOS:-58}
-STEPS=${STEPS:-700}
-EPISODES=${EPISODES:-10}
+DEMO_SEEDS=${DEMO_SEEDS:-185}
+STEPS=${STEPS:-1000}
+EPISODES=${EPISODES:-50}
 make setup
 source .venv/bin/activate
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-bimanual-vla record-expert --task pick --embodiment franka_duo --episodes "$DEMOS" --seed 100000 \
-  --workers 1 --out data/demos_pick_franka --resume
-bimanual-vla finetune --checkpoint default --data data/demos_pick_franka --embodiment franka_duo \
-  --out runs/franka_pick --seed 0 --steps "$STEPS" --batch-size 48 --lr 5e-4 --image-stride 10 \
-  --eval-every 100 --save-every 100
-bimanual-vla evaluate --policy runs/franka_pick/checkpoint-500 --task pick --embodiment franka_duo \
-  --episodes "$EPISODES" --seed 0 --out bench/results/eval_franka_pick_finetuned_franka_duo.json
+bimanual-vla record-expert --task pick --embodiment franka_duo --episodes "$DEMO_SEEDS" \
+  --seed 130000 --out data/demos_pick_franka_dart --action-noise 0.015 --noise-time 0.5 \
+  --hold 3.0 --workers 2 --resume
+bimanual-vla finetune --checkpoint default --data data/demos_pick_franka_dart \
+  --embodiment franka_duo --max-demos 100 --out runs/franka_dart100 --seed 0 --steps "$STEPS" \
+  --batch-size 48 --lr 5e-4 --image-stride 10 --elapsed-delay 3.0 --progress-to-hold \
+  --save-every 250 --eval-every 250
+python bench/rollout.py --checkpoint runs/franka_dart100 --task pick --embodiment franka_duo \
+  --episodes 10
+make eval POLICY=runs/franka_dart100 TASK=pick EMBODIMENT=franka_duo EPISODES="$EPISODES"
