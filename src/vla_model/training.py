@@ -362,12 +362,14 @@ def train(settings: TrainSettings,
                                            np.random.default_rng(settings.seed))
     if fresh_stats:         # a new model, or re-headed for new joints (the same world)
         model.set_normalization(*demos.stats())
-    points = np.concatenate([demos.known_points()] + ([views.known_points()] if views else []))
-    if 0 <= point_values_set < model.config.point_dim and len(points):
-        mean, std = points.mean(0), points.std(0)
-        keep = slice(0, point_values_set)
-        mean[keep], std[keep] = model.point_mean[keep].numpy(), model.point_std[keep].numpy()
-        model.set_point_normalization(mean, std)
+    if 0 <= point_values_set < model.config.point_dim:   # rows the data must normalise
+        points = np.concatenate([demos.known_points()]
+                                + ([views.known_points()] if views else []))
+        if len(points):
+            mean, std = points.mean(0), points.std(0)
+            keep = slice(0, point_values_set)
+            mean[keep], std[keep] = model.point_mean[keep].numpy(), model.point_std[keep].numpy()
+            model.set_point_normalization(mean, std)
     action_std = model.action_std.cpu().numpy()
     model.vision.requires_grad_(not model.config.freeze_vision)   # from_pretrained resets it
     model.to(device).train()

@@ -89,18 +89,15 @@ def adapt_to_embodiment(model: BimanualVLAModel, embodiment: Embodiment,
             report.kept.append(name)
         else:
             report.reinitialised.append(name)
-    target.load_state_dict(merged)
-    target.to(next(model.parameters()).dtype)
-    if cfg.freeze_vision:
-        target.vision.requires_grad_(False)
-    return target, report
+    return _loaded(target, merged, model), report
 
 
 def adapt_point_objects(model: BimanualVLAModel, objects: int) -> BimanualVLAModel:
-    """`model` with a point head that locates `objects` task objects (fine-tuning a pick
-    checkpoint on place data that also records the bowl). Every other tensor is kept; the rows of
-    the objects both heads locate (the instruction's object first) keep their weights and
-    normalisation, new rows start as a new model's (their statistics come from the data)."""
+    """`model` with a point head that locates `objects` task objects (widened: a pick checkpoint
+    fine-tuned on place data that also records the bowl; or narrowed). Every other tensor is
+    kept; the rows of the objects both heads locate (the instruction's object first) keep their
+    weights and normalisation, new rows start as a new model's (their statistics come from the
+    data)."""
     cfg = model.config
     if not cfg.point_head:
         raise ValueError("the checkpoint has no point head to widen")
@@ -114,8 +111,13 @@ def adapt_point_objects(model: BimanualVLAModel, objects: int) -> BimanualVLAMod
             merged[name][:kept] = tensor[:kept]
         else:
             merged[name] = tensor.clone()
-    target.load_state_dict(merged)
-    target.to(next(model.parameters()).dtype)
-    if cfg.freeze_vision:
+    return _loaded(target, merged, model)
+
+
+def _loaded(target: BimanualVLAModel, state: dict, source: BimanualVLAModel) -> BimanualVLAModel:
+    """`target` holding `state`, in `source`'s dtype, its vision frozen if the config says so."""
+    target.load_state_dict(state)
+    target.to(next(source.parameters()).dtype)
+    if target.config.freeze_vision:
         target.vision.requires_grad_(False)
     return target
