@@ -180,10 +180,13 @@ def test_training_lowers_the_loss_checkpoints_and_resumes(tmp_path):
     said = []
     train(TrainSettings(datasets=[str(data)], output_dir=str(tmp_path / "ft"), steps=10,
                         batch_size=8, save_every=10, eval_every=10, val_fraction=0.0,
-                        init_from=str(tmp_path / "run"), image_stride=5, max_demos=3),
+                        init_from=str(tmp_path / "run"), image_stride=5, max_demos=3,
+                        action_delta_weight=0.5),
           say=said.append)
     assert any(line.startswith("[train] 3 episodes, 180 train") for line in said), said
     tuned = BimanualVLAModel.from_pretrained(tmp_path / "ft")
+    assert tuned.config.action_delta_weight == 0.5 and model.config.action_delta_weight == 0
+    assert "delta_loss" in json.loads((tmp_path / "ft" / "train_log.jsonl").read_text())
     torch.testing.assert_close(tuned.action_std, model.action_std)
     assert bright_minus_dark(tuned.eval()) > 0.2
 
@@ -250,6 +253,26 @@ def test_optimiser_steps_lower_the_loss():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.8 * losses[0]
+
+
+def test_action_delta_loss_compares_step_to_step_changes():
+    """The chunk's jumps cost what they differ from the demonstration's steps, weighted."""
+    with pytest.raises(ValueError, match="regression head only"):
+        tiny_config(action_head="flow", action_delta_weight=1.0)
+    with pytest.raises(ValueError, match=">= 0"):
+        tiny_config(action_delta_weight=-1.0)
+    model = BimanualVLAModel.from_encoders(tiny_config()).eval()
+    model.set_normalization(np.zeros(14), np.ones(14), np.zeros(14), np.full(14, 0.5))
+    batch = inputs(model.config, batch=2)
+    targets = dict(actions=torch.cumsum(torch.full((2, 10, 14), 0.01), 1), progress=torch.rand(2))
+    plain = model(**batch, **targets)
+    assert plain.delta_loss is None
+    predicted = model.predict(**batch).actions
+    model.config.set_action_delta_weight(2.0)
+    weighted = model(**batch, **targets)
+    by_hand = ((predicted.diff(dim=1) - targets["actions"].diff(dim=1)).abs() / 0.5).mean()
+    torch.testing.assert_close(weighted.delta_loss, by_hand)
+    torch.testing.assert_close(weighted.loss, plain.loss + 2.0 * by_hand)
 
 
 def test_learned_policy_wraps_a_checkpoint(tmp_path):

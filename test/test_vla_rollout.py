@@ -156,6 +156,37 @@ def test_elapsed_delay_and_progress_to_hold_shape_the_training_rows(tmp_path):
                             elapsed_delay=-1.0))
 
 
+def test_conditioning_shift_puts_the_pending_actions_out_of_step(tmp_path):
+    """Training conditioning is the demonstration's own next actions, in step with the target;
+    with `conditioning_shift` it is the same actions up to that many steps early or late (the
+    target unchanged), as a previous chunk is closed loop."""
+    from test_vla_model import TINY, write_demos
+    from vla_model.configuration import BimanualVLAConfig
+    from vla_model.modeling import BimanualVLAModel
+    from vla_model.processing import TextEncoder
+    from vla_model.training import DemoSet, TrainSettings, train
+    data = write_demos(tmp_path / "demos", episodes=2, steps=40)
+    model = BimanualVLAModel.from_encoders(BimanualVLAConfig(**TINY))
+    demos = DemoSet([str(data)], model, TextEncoder("all-minilm-l6-v2", 16), 5,
+                    torch.device("cpu"), print)
+    rows = demos.index[demos.index[:, 1] < 20]              # rows whose ramp has room to shift
+    step = 1.0 / 39                                        # joint 0's ramp per step
+
+    def shifts(max_shift):
+        settings = TrainSettings(datasets=[str(data)], output_dir="", conditioning_prob=1.0,
+                                 conditioning_noise=0.0, conditioning_shift=max_shift)
+        batch = demos.batch(rows, settings, np.ones(14), np.random.default_rng(0), True)
+        first = batch["conditioning"][:, 0, 0] - batch["actions"][:, 0, 0]
+        sign = np.where(rows[:, 0] % 2 == 0, 1.0, -1.0)     # dark episodes ramp down
+        return np.round(first.numpy() * sign / step).astype(int)
+    assert set(shifts(0)) == {0}
+    seen = shifts(4)
+    assert set(seen) <= set(range(-4, 5)) and min(seen) < 0 < max(seen)
+    with pytest.raises(ValueError, match="conditioning_shift"):
+        train(TrainSettings(datasets=[str(data)], output_dir=str(tmp_path / "run"),
+                            conditioning_shift=-1))
+
+
 def test_cli_passes_the_recovery_options_on(monkeypatch):
     """record-expert's noise/hold flags reach ExpertSettings; finetune's --elapsed-delay and
     --progress-to-hold reach TrainSettings."""
@@ -176,6 +207,8 @@ def test_cli_passes_the_recovery_options_on(monkeypatch):
     assert (seen["expert"].action_noise, seen["expert"].noise_time_s,
             seen["expert"].hold_s) == (0.03, 0.4, 3.0)
     args = parser.parse_args(["finetune", "--data", "d", "--out", "o", "--elapsed-delay", "3",
-                              "--progress-to-hold"])
+                              "--progress-to-hold", "--action-delta-weight", "2",
+                              "--conditioning-shift", "10"])
     args.func(args)
     assert seen["train"].elapsed_delay == 3.0 and seen["train"].progress_to_hold
+    assert (seen["train"].action_delta_weight, seen["train"].conditioning_shift) == (2.0, 10)

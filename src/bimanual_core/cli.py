@@ -315,6 +315,8 @@ def _train_settings(args, **extra):
                          view_datasets=args.views or [], view_batch_size=args.view_batch_size,
                          elapsed_delay=args.elapsed_delay,
                          progress_to_hold=args.progress_to_hold, max_demos=args.max_demos,
+                         action_delta_weight=args.action_delta_weight,
+                         conditioning_shift=args.conditioning_shift,
                          model=model, **extra)
 
 
@@ -369,6 +371,12 @@ def _add_training_args(p: argparse.ArgumentParser, steps: int, lr: float) -> Non
                         "last frame (for demonstrations with a long final hold)")
     p.add_argument("--max-demos", type=_int_at_least(1), default=None, metavar="N",
                    help="train on the first N successful demonstrations of the datasets")
+    p.add_argument("--action-delta-weight", type=float, default=None, metavar="W",
+                   help="regression head: weight of a loss on the chunk's step-to-step changes, "
+                        "which keeps chunks from jumping (default: the checkpoint's; new: 0)")
+    p.add_argument("--conditioning-shift", type=_int_at_least(0), default=0, metavar="STEPS",
+                   help="train with conditioning (the previous chunk's pending actions) up to "
+                        "this many steps out of step with the observation, as closed loop")
 
 
 def _int_at_least(minimum: int):

@@ -105,6 +105,7 @@ class VLAOutput:
     action_loss: torch.Tensor | None = None
     progress_loss: torch.Tensor | None = None
     point_loss: torch.Tensor | None = None
+    delta_loss: torch.Tensor | None = None   # regression head, with action_delta_weight
     actions: torch.Tensor | None = None      # (B, H, D) absolute targets (regression head)
     progress: torch.Tensor | None = None     # (B,) 0..1 through the task
     point: torch.Tensor | None = None        # (B, 3 K) world positions of the task objects (m)
@@ -318,6 +319,10 @@ class BimanualVLAModel(PreTrainedModel):
             else:
                 pred, out.progress, pred_point = self._decode(memory, pad)
                 error = F.l1_loss(pred, target, reduction="none")
+                if self.config.action_delta_weight:
+                    out.delta_loss = _masked_mean(F.l1_loss(
+                        pred.diff(dim=1), target.diff(dim=1), reduction="none").mean((1, 2)), rows)
+                    out.loss = out.loss + self.config.action_delta_weight * out.delta_loss
             out.action_loss = _masked_mean(error.mean((1, 2)), rows)
             out.loss = out.loss + out.action_loss
             if progress is not None:

@@ -62,6 +62,11 @@ class TrainSettings:
     image_stride: int = 5              # control steps between cached camera frames
     conditioning_prob: float = 0.5
     conditioning_noise: float = 0.05   # in units of each joint's action std
+    # Up to this many steps: the pending actions given as conditioning are out of step with the
+    # observation (the previous chunk ran ahead of or behind the robot, as it does closed loop),
+    # while the target stays the demonstration's. 0: always in step, which teaches the model to
+    # copy them; closed loop it then copied a stale prefix and jumped to its own plan mid-chunk.
+    conditioning_shift: int = 0
     camera_dropout: float = 0.1
     # Seconds: half of the training samples see their elapsed time late by up to this (uniform).
     # The stack pauses (a slow answer, a lost backbone makes the decoder brake) while the clock
@@ -76,6 +81,9 @@ class TrainSettings:
     # Train on at most this many successful demonstrations (the first ones, in dataset order):
     # what a fine-tune budget of "<= 100 demonstrations" means with datasets that hold more.
     max_demos: int | None = None
+    # The regression head's weight on matching the demonstrations' step-to-step changes
+    # (BimanualVLAConfig.action_delta_weight); None keeps the checkpoint's (a new model's: 0).
+    action_delta_weight: float | None = None
     device: str = "auto"
     init_from: str | None = None       # a checkpoint to fine-tune (finetune), else from encoders
     resume: bool = False
@@ -215,7 +223,9 @@ class DemoSet:
             c, m = np.zeros((h, actions.shape[1]), np.float32), np.zeros(h, bool)
             if train and not self.views and rng.random() < settings.conditioning_prob:
                 k = int(rng.integers(h // 2, h))          # the previous chunk ran h - k steps
-                c[:k] = actions[idx[:k]] + rng.normal(size=(k, actions.shape[1])) * (
+                shift = int(rng.integers(-settings.conditioning_shift,
+                                         settings.conditioning_shift + 1))
+                c[:k] = actions[np.clip(idx[:k] + shift, 0, n - 1)] + rng.normal(size=(k, actions.shape[1])) * (
                     settings.conditioning_noise * action_std)
                 m[:k] = True
             cond.append(c)
@@ -331,6 +341,8 @@ def train(settings: TrainSettings,
     """Train (or fine-tune) and save; returns the final metrics."""
     if settings.elapsed_delay < 0:
         raise ValueError(f"elapsed_delay must be >= 0 seconds, got {settings.elapsed_delay}")
+    if settings.conditioning_shift < 0:
+        raise ValueError(f"conditioning_shift must be >= 0 steps, got {settings.conditioning_shift}")
     if settings.max_demos is not None and settings.max_demos < 1:
         raise ValueError(f"max_demos must be >= 1, got {settings.max_demos}")
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -370,6 +382,8 @@ def train(settings: TrainSettings,
             keep = slice(0, point_values_set)
             mean[keep], std[keep] = model.point_mean[keep].numpy(), model.point_std[keep].numpy()
             model.set_point_normalization(mean, std)
+    if settings.action_delta_weight is not None:
+        model.config.set_action_delta_weight(settings.action_delta_weight)
     action_std = model.action_std.cpu().numpy()
     model.vision.requires_grad_(not model.config.freeze_vision)   # from_pretrained resets it
     model.to(device).train()
@@ -412,6 +426,11 @@ def train(settings: TrainSettings,
         errors = torch.cat(errors) if errors else torch.zeros(0)
         return float(errors.mean() * 100) if len(errors) else None
 
+    def largest_step(chunks) -> float:
+        """The largest change between consecutive actions of a chunk, averaged over chunks:
+        a chunk that jumps drives the arm at its velocity limit."""
+        return float(torch.cat([c.diff(dim=1).abs().amax(dim=(1, 2)) for c in chunks]).mean())
+
     def validate() -> dict:
         model.eval()
         result = {}
@@ -421,7 +440,9 @@ def train(settings: TrainSettings,
                 err = np.mean([(out.actions - batch["actions"]).abs().mean(dim=(0, 1)).cpu()
                                .numpy() for batch, out in pairs], 0)
                 result.update(val_l1_rad=float(err.mean()), val_l1_max_joint=float(err.max()),
-                              val_point_cm=point_error_cm(pairs))
+                              val_point_cm=point_error_cm(pairs),
+                              val_max_step_rad=largest_step([out.actions for _, out in pairs]),
+                              demo_max_step_rad=largest_step([b["actions"] for b, _ in pairs]))
             if views is not None and len(view_val):
                 result["val_view_point_cm"] = point_error_cm(predict_rows(views, view_val))
         model.train()
@@ -451,8 +472,9 @@ def train(settings: TrainSettings,
             metrics = {"step": step, "loss": out.loss.item(),
                        "action_loss": out.action_loss.item(),
                        "progress_loss": out.progress_loss.item(),
-                       **({"point_loss": out.point_loss.item()} if out.point_loss is not None
-                          else {}),
+                       **{name: loss.item() for name, loss in (("point_loss", out.point_loss),
+                                                               ("delta_loss", out.delta_loss))
+                          if loss is not None},
                        "lr": _lr(step - 1, settings), "seconds": round(time.monotonic() - t0, 1),
                        **validate()}
             log.write(json.dumps(metrics) + "\n")
