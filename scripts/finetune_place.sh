@@ -13,13 +13,14 @@
 #    The measured run resumed a copy of checkpoint-1200 in runs/place_pts_long (hence the name of
 #    bench/results/eval_runs_place_pts_long_place.json); in-process it placed 12/20 on seeds 0-19
 #    after either schedule, 17/20 (1200) and 18/20 (2400) on seeds 20-39.
-# 4. 600 more steps (lr 1e-4) from the 2400-step checkpoint (measured: runs/place_pts_long) with --conditioning-shift 10 (the previous
-#    chunk's pending actions, given as conditioning, up to 10 steps out of step with the
-#    observation) and --action-delta-weight 2 -> runs/place_shift: in-process 33/40 on seeds
-#    0-39 (runs/place_pts_long: 30/40). Traced, runs/place_pts_long's lost cubes came from
-#    chunks that copied a stale conditioning prefix, then jumped to their own, later plan (0.2 rad
-#    in one step); the swing flung a cube gripped off-centre at far reach. With the delta loss
-#    alone (weight 2) 28/40; weight 10 smoothed the chunks to 0.035 rad steps but lost grasps.
+# 4. 600 more steps (lr 1e-4) from the 2400-step checkpoint (measured: runs/place_pts_long)
+#    with --conditioning-shift 10 (the previous chunk's pending actions, given as conditioning,
+#    up to 10 steps out of step with the observation) and --action-delta-weight 2
+#    -> runs/place_shift: in-process 33/40 on seeds 0-39 (runs/place_pts_long: 30/40), through
+#    the ROS stack 38/50 (runs/place_pts_long: 33/50). Traced, runs/place_pts_long's lost
+#    cubes came from chunks that copied a stale conditioning prefix, then jumped to their own,
+#    later plan (0.2 rad in one step); the swing flung a cube gripped off-centre at far reach.
+#    With the delta loss alone (weight 2) 28/40; weight 10 smoothed the chunks to 0.035 rad steps but lost grasps.
 # Without step 2 (74 demonstrations, 800 steps) the policy placed 5/10 in-process: it carried the
 # cube to where bowls are on average, 10-19 cm from this one.
 # Measure with `python bench/rollout.py --checkpoint runs/place_shift --task place` (no ROS) and

@@ -120,19 +120,25 @@ def test_motion_end_is_where_the_actions_stop_changing():
     assert motion_end(np.zeros((5, 14))) == 0
 
 
-def test_elapsed_delay_and_progress_to_hold_shape_the_training_rows(tmp_path):
-    """`elapsed_delay`: half the training rows see their episode time late (up to the delay),
-    never early; validation rows keep the demonstration's time. `progress_to_hold`: progress
-    labels saturate where the demonstrated motion ends."""
+def tiny_demo_set(tmp_path):
+    """Two 40-step ramp demonstrations (write_demos) and their DemoSet for a tiny model."""
     from test_vla_model import TINY, write_demos
     from vla_model.configuration import BimanualVLAConfig
     from vla_model.modeling import BimanualVLAModel
     from vla_model.processing import TextEncoder
-    from vla_model.training import DemoSet, TrainSettings, train
+    from vla_model.training import DemoSet
     data = write_demos(tmp_path / "demos", episodes=2, steps=40)
     model = BimanualVLAModel.from_encoders(BimanualVLAConfig(**TINY))
-    demos = DemoSet([str(data)], model, TextEncoder("all-minilm-l6-v2", 16), 5,
-                    torch.device("cpu"), print)
+    return data, DemoSet([str(data)], model, TextEncoder("all-minilm-l6-v2", 16), 5,
+                         torch.device("cpu"), print)
+
+
+def test_elapsed_delay_and_progress_to_hold_shape_the_training_rows(tmp_path):
+    """`elapsed_delay`: half the training rows see their episode time late (up to the delay),
+    never early; validation rows keep the demonstration's time. `progress_to_hold`: progress
+    labels saturate where the demonstrated motion ends."""
+    from vla_model.training import TrainSettings, train
+    data, demos = tiny_demo_set(tmp_path)
     settings = TrainSettings(datasets=[str(data)], output_dir="", elapsed_delay=2.0)
     rows = demos.index
     on_time = rows[:, 1] * 0.02
@@ -160,15 +166,8 @@ def test_conditioning_shift_puts_the_pending_actions_out_of_step(tmp_path):
     """Training conditioning is the demonstration's own next actions, in step with the target;
     with `conditioning_shift` it is the same actions up to that many steps early or late (the
     target unchanged), as a previous chunk is closed loop."""
-    from test_vla_model import TINY, write_demos
-    from vla_model.configuration import BimanualVLAConfig
-    from vla_model.modeling import BimanualVLAModel
-    from vla_model.processing import TextEncoder
-    from vla_model.training import DemoSet, TrainSettings, train
-    data = write_demos(tmp_path / "demos", episodes=2, steps=40)
-    model = BimanualVLAModel.from_encoders(BimanualVLAConfig(**TINY))
-    demos = DemoSet([str(data)], model, TextEncoder("all-minilm-l6-v2", 16), 5,
-                    torch.device("cpu"), print)
+    from vla_model.training import TrainSettings, train
+    data, demos = tiny_demo_set(tmp_path)
     rows = demos.index[demos.index[:, 1] < 20]              # rows whose ramp has room to shift
     step = 1.0 / 39                                        # joint 0's ramp per step
 
@@ -188,8 +187,8 @@ def test_conditioning_shift_puts_the_pending_actions_out_of_step(tmp_path):
 
 
 def test_cli_passes_the_recovery_options_on(monkeypatch):
-    """record-expert's noise/hold flags reach ExpertSettings; finetune's --elapsed-delay and
-    --progress-to-hold reach TrainSettings."""
+    """record-expert's noise/hold flags reach ExpertSettings; finetune's --elapsed-delay,
+    --progress-to-hold, --action-delta-weight and --conditioning-shift reach TrainSettings."""
     import vla_data.expert
     import vla_model.training
     from bimanual_core import cli

@@ -34,12 +34,11 @@ class BimanualVLAConfig(PretrainedConfig):
     action_head: "regression" (one pass, L1 on normalised actions, as ACT) or "flow" (flow
         matching, `flow_steps` Euler steps, as pi0).
     action_delta_weight: the regression head's loss also compares the step-to-step changes of
-        the chunk with the demonstration's (L1, this weight). Each decoder query predicts its own
-        `actions_per_query` steps, and an L1 fit takes, per query, the median of the
-        demonstrations that agree with the observation: where they disagree on when the next
-        phase starts, neighbouring queries pick different ones and the chunk jumps at their
-        border (measured on the place fine-tune: 0.1-0.3 rad in one step where demonstrations
-        move at most 0.031). 0 turns it off.
+        the chunk with the demonstration's (L1, this weight), against chunks that jump where
+        demonstrations move smoothly (measured on the place fine-tune: 0.1-0.3 rad in one step,
+        at query borders, where demonstrations move at most 0.031). Alone (weight 2) it did not
+        raise the place success; the jumps came from conditioning copied, then left (see
+        `TrainSettings.conditioning_shift`), which it complements. 0 turns it off.
     point_head: one more decoder query that predicts the world position of the object the
         instruction acts on, trained on `observation.environment_state` (demonstrations and
         pointing views). It is embodied-reasoning co-training: the action queries read the same

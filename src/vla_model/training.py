@@ -225,8 +225,8 @@ class DemoSet:
                 k = int(rng.integers(h // 2, h))          # the previous chunk ran h - k steps
                 shift = int(rng.integers(-settings.conditioning_shift,
                                          settings.conditioning_shift + 1))
-                c[:k] = actions[np.clip(idx[:k] + shift, 0, n - 1)] + rng.normal(size=(k, actions.shape[1])) * (
-                    settings.conditioning_noise * action_std)
+                c[:k] = actions[np.clip(idx[:k] + shift, 0, n - 1)] + rng.normal(
+                    size=(k, actions.shape[1])) * (settings.conditioning_noise * action_std)
                 m[:k] = True
             cond.append(c)
             cond_mask.append(m)
@@ -342,7 +342,8 @@ def train(settings: TrainSettings,
     if settings.elapsed_delay < 0:
         raise ValueError(f"elapsed_delay must be >= 0 seconds, got {settings.elapsed_delay}")
     if settings.conditioning_shift < 0:
-        raise ValueError(f"conditioning_shift must be >= 0 steps, got {settings.conditioning_shift}")
+        raise ValueError("conditioning_shift must be >= 0 steps, got "
+                         f"{settings.conditioning_shift}")
     if settings.max_demos is not None and settings.max_demos < 1:
         raise ValueError(f"max_demos must be >= 1, got {settings.max_demos}")
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
