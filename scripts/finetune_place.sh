@@ -20,7 +20,8 @@
 #    the ROS stack 38/50 (runs/place_pts_long: 33/50). Traced, runs/place_pts_long's lost
 #    cubes came from chunks that copied a stale conditioning prefix, then jumped to their own,
 #    later plan (0.2 rad in one step); the swing flung a cube gripped off-centre at far reach.
-#    With the delta loss alone (weight 2) 28/40; weight 10 smoothed the chunks to 0.035 rad steps but lost grasps.
+#    With the delta loss alone (weight 2) 28/40; weight 10 smoothed the chunks to 0.035 rad
+#    steps but lost grasps.
 # Without step 2 (74 demonstrations, 800 steps) the policy placed 5/10 in-process: it carried the
 # cube to where bowls are on average, 10-19 cm from this one.
 # Measure with `python bench/rollout.py --checkpoint runs/place_shift --task place` (no ROS) and
