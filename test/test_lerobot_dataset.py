@@ -29,7 +29,9 @@ def test_round_trip_layout_and_resume(tmp_path):
     w = writer(root)
     first = make_episode(20, seed=1)
     assert w.add_episode(first) == 0
-    assert w.add_episode(make_episode(15, success=False, task="other", seed=2)) == 1
+    second = make_episode(15, success=False, task="other", seed=2)
+    second.expert_from = 6              # a takeover: the expert acted from frame 6 on
+    assert w.add_episode(second) == 1
 
     info = json.loads((root / "meta" / "info.json").read_text())
     assert info["codebase_version"] == "v3.0" and info["total_episodes"] == 2
@@ -51,6 +53,7 @@ def test_round_trip_layout_and_resume(tmp_path):
     np.testing.assert_allclose(table["action"], first.actions, atol=1e-6)
     np.testing.assert_allclose(table["timestamp"], np.arange(20) / 50.0, atol=1e-6)
     assert data.task(1) == "other" and data.success(0) and not data.success(1)
+    assert (data.expert_from(0), data.expert_from(1)) == (0, 6)
     frames = data.frames(0, "cam_b")
     assert frames.shape == (20, *SIZE, 3)
     assert np.abs(frames.astype(int) - np.stack(first.images["cam_b"]).astype(int)).mean() < 3
@@ -72,6 +75,8 @@ def test_bad_episodes_are_refused(tmp_path):
         Episode("t", np.zeros((3, 3)), np.zeros((3, 3)), {"cam_a": [np.zeros((*SIZE, 3))]})
     with pytest.raises(DatasetError, match="task"):
         Episode("", np.zeros((3, 3)), np.zeros((3, 3)), {})
+    with pytest.raises(DatasetError, match="expert_from"):
+        Episode("t", np.zeros((3, 3)), np.zeros((3, 3)), {}, expert_from=3)
     w = writer(tmp_path / "ds")
     with pytest.raises(DatasetError, match="cameras"):
         w.add_episode(Episode("t", np.zeros((2, 3)), np.zeros((2, 3)),

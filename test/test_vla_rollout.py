@@ -111,6 +111,60 @@ def test_rollout_of_a_learned_policy_times_out_and_holds_once_done(tmp_path):
     assert policy._hold is None                             # stop() forgot the pose
 
 
+@pytest.mark.slow
+def test_grasped_by_tells_a_grasp_from_a_gripper_closed_beside_the_object():
+    """Both fingers on the cube: grasped; the same gripper closed at home: not."""
+    from vla_data.expert import _Expert
+    expert = _Expert(ExpertSettings(cameras=("cam_high",)))
+    sim, held, step = expert.sim, [], expert.sim.step
+    target = sim.scene.objects[0].name
+    sim.step = lambda command: (step(command), held.append(sim.grasped_by(target)))
+    try:
+        episode, failure = expert.run(100_000)
+        assert failure is None and episode.success
+        [gripper] = np.flatnonzero(np.ptp(episode.actions[:, EMB.gripper_indices], axis=0) > 0.5)
+        assert held[0] == [] and held[-1] == [gripper]      # the arm that picked holds it
+        closed = EMB.home.copy()
+        closed[EMB.gripper_indices] = 0.0
+        sim.reset(100_000)
+        for _ in range(50):
+            step(closed)
+        assert sim.grasped_by(target) == []
+    finally:
+        expert.close()
+
+
+@pytest.mark.slow
+def test_takeover_episode_keeps_the_policy_frames_as_context_only(tmp_path):
+    """A tiny untrained checkpoint drives for its drawn handover time (it never grasps), the
+    expert re-plans from there and picks the cube; training samples only the expert's frames."""
+    from test_vla_model import tiny_config
+    from vla_data.expert import TakeoverSettings, generate
+    from vla_data.lerobot import LeRobotDataset
+    from vla_model.modeling import BimanualVLAModel
+    from vla_model.processing import TextEncoder
+    from vla_model.training import DemoSet
+    model = BimanualVLAModel.from_encoders(tiny_config())
+    model.save_pretrained(tmp_path / "ckpt")
+    with pytest.raises(ValueError, match="checkpoint"):
+        TakeoverSettings()
+    with pytest.raises(ValueError, match="handover"):
+        TakeoverSettings(checkpoint="x", handover_s=(5.0, 50.0))
+    settings = TakeoverSettings(cameras=tuple(model.config.cameras),
+                                checkpoint=str(tmp_path / "ckpt"), handover_s=(1.0, 2.0))
+    summary = generate(tmp_path / "takeover", settings, episodes=1, seed=100_000, workers=1)
+    assert summary["episodes_kept"] == 1, summary
+    data = LeRobotDataset(tmp_path / "takeover")
+    handover = data.expert_from(0)
+    assert data.success(0) and 50 <= handover <= 100           # 1-2 s at 50 Hz
+    table = data.episode_table(0)
+    assert table["observation.environment_state"][-1, 2] > 0.05   # the expert lifted the cube
+    demos = DemoSet([str(tmp_path / "takeover")], model, TextEncoder("all-minilm-l6-v2", 16),
+                    5, torch.device("cpu"), print)
+    frames = demos.index[:, 1]
+    assert frames.min() == handover and len(frames) == len(table["action"]) - handover
+
+
 def test_motion_end_is_where_the_actions_stop_changing():
     from vla_model.training import motion_end
     actions = np.zeros((15, 14))
@@ -187,7 +241,7 @@ def test_conditioning_shift_puts_the_pending_actions_out_of_step(tmp_path):
 
 
 def test_cli_passes_the_recovery_options_on(monkeypatch):
-    """record-expert's noise/hold flags reach ExpertSettings; finetune's --elapsed-delay,
+    """record-expert's noise/hold/takeover flags reach its settings; finetune's --elapsed-delay,
     --progress-to-hold, --action-delta-weight and --conditioning-shift reach TrainSettings."""
     import vla_data.expert
     import vla_model.training
@@ -205,6 +259,16 @@ def test_cli_passes_the_recovery_options_on(monkeypatch):
     args.func(args)
     assert (seen["expert"].action_noise, seen["expert"].noise_time_s,
             seen["expert"].hold_s) == (0.03, 0.4, 3.0)
+    seen.clear()
+    args = parser.parse_args(["record-expert", "--out", "x", "--takeover", "default",
+                              "--handover", "2", "9"])
+    args.func(args)
+    takeover = seen.pop("expert")        # with the cameras of the checkpoint that drives
+    assert takeover.handover_s == (2.0, 9.0) and takeover.checkpoint.endswith("models/default")
+    assert takeover.cameras == ("cam_high", "cam_left_wrist", "cam_right_wrist")
+    for bad in (["--handover", "9", "2"], ["--takeover", "no_such_checkpoint"]):
+        args = parser.parse_args(["record-expert", "--out", "x", "--takeover", "default", *bad])
+        assert args.func(args) == cli.EXIT_USAGE and "expert" not in seen
     args = parser.parse_args(["finetune", "--data", "d", "--out", "o", "--elapsed-delay", "3",
                               "--progress-to-hold", "--action-delta-weight", "2",
                               "--conditioning-shift", "10"])

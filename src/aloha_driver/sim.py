@@ -45,6 +45,7 @@ class AlohaSim:
         vis = self.model.vis.global_
         vis.offwidth, vis.offheight = max(vis.offwidth, self.width), max(vis.offheight, self.height)
         self.data = mujoco.MjData(self.model)
+        self._finger_bodies = _finger_bodies(self.model, self.scene.joint_map.finger_qpos)
         self._renderer: CameraRenderer | None = None
         self._command = np.empty(embodiment.action_dim)
         self.reset(seed)
@@ -146,6 +147,18 @@ class AlohaSim:
         obj = self.scene.object(name_or_label)
         return self.data.qpos[obj.qpos_adr:obj.qpos_adr + 3].copy()
 
+    def grasped_by(self, name_or_label: str) -> list[int]:
+        """Indices (in gripper order, left arm first) of the grippers whose two fingers both
+        touch the object now: a grasp, told apart from a gripper closed beside it."""
+        body = self.scene.object(name_or_label).body_id
+        touching = set()
+        for c in self.data.contact[:self.data.ncon]:
+            b1, b2 = self.model.geom_bodyid[c.geom1], self.model.geom_bodyid[c.geom2]
+            if body in (b1, b2):
+                touching.add(int(b2 if b1 == body else b1))
+        return [g for g, fingers in enumerate(self._finger_bodies)
+                if all(touching & bodies for bodies in fingers)]
+
     # ------------------------------------------------------------------ cameras
 
     def _camera_id(self, camera: str) -> int:
@@ -197,3 +210,16 @@ class AlohaSim:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _finger_bodies(model: mujoco.MjModel, finger_qpos: np.ndarray) -> list[list[set[int]]]:
+    """Per gripper, per finger: the finger joint's body and every body below it (its pads)."""
+    below: dict[int, set[int]] = {}
+    for body in range(model.nbody):
+        above = body
+        while above > 0:
+            below.setdefault(above, set()).add(body)
+            above = int(model.body_parentid[above])
+    joint_at = {int(adr): j for j, adr in enumerate(model.jnt_qposadr)}
+    return [[below[int(model.jnt_bodyid[joint_at[int(adr)]])] for adr in pair]
+            for pair in finger_qpos]

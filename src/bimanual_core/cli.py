@@ -264,10 +264,25 @@ def cmd_serve(args) -> int:
 
 
 def cmd_record_expert(args) -> int:
-    from vla_data.expert import ExpertSettings, generate
-    settings = ExpertSettings(task=args.task, embodiment=args.embodiment or "aloha2",
-                              cameras=_camera_list(args), action_noise=args.action_noise,
-                              noise_time_s=args.noise_time, hold_s=args.hold)
+    from vla_data.expert import ExpertSettings, TakeoverSettings, generate
+    common = dict(task=args.task, embodiment=args.embodiment or "aloha2",
+                  cameras=_camera_list(args), action_noise=args.action_noise,
+                  noise_time_s=args.noise_time, hold_s=args.hold)
+    try:
+        if args.takeover:
+            from bimanual_core.config import resolve_checkpoint
+            from vla_model.configuration import BimanualVLAConfig
+            checkpoint = resolve_checkpoint(args.takeover)
+            # Only the cameras the policy renders can be recorded from its part of an episode.
+            common["cameras"] = common["cameras"] or tuple(
+                BimanualVLAConfig.from_pretrained(checkpoint).cameras)
+            settings = TakeoverSettings(**common, checkpoint=checkpoint,
+                                        handover_s=tuple(args.handover))
+        else:
+            settings = ExpertSettings(**common)
+    except (OSError, ValueError) as exc:
+        print(f"[record-expert] {exc}", file=sys.stderr)
+        return EXIT_USAGE
     return _run_collection("record-expert", lambda: generate(
         args.out, settings, args.episodes, args.seed, args.workers,
         keep_failures=args.keep_failures, resume=args.resume))
@@ -470,6 +485,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="correlation time of that offset")
     rex.add_argument("--hold", type=float, default=0.5, metavar="S",
                      help="sim seconds recorded after the plan ends, the arm holding its pose")
+    rex.add_argument("--takeover", default=None, metavar="CHECKPOINT",
+                     help="DAgger-style corrections: this checkpoint drives each scene until "
+                          "the handover, then the expert re-plans from there and finishes; "
+                          "training learns only from the expert's frames")
+    rex.add_argument("--handover", type=float, nargs=2, default=(3.0, 15.0),
+                     metavar=("MIN_S", "MAX_S"),
+                     help="with --takeover: the handover time, uniform in [MIN_S, MAX_S] of "
+                          "simulated time per scene")
     rex.set_defaults(func=cmd_record_expert)
 
     rv = sub.add_parser("record-views", help="pointing views for co-training (many object "

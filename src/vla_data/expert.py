@@ -87,6 +87,24 @@ class ActionNoise:
 
 
 @dataclass(frozen=True)
+class TakeoverSettings(ExpertSettings):
+    """Corrections on the learned policy's own states (DAgger-style, as HG-DAgger's expert
+    takes over): `checkpoint` drives each scene until a handover time drawn uniformly from
+    `handover_s`, then the expert re-plans from wherever the robot is and finishes."""
+    checkpoint: str = ""
+    handover_s: tuple[float, float] = (3.0, 15.0)
+    time_limit_s: float = 40.0        # the whole episode: the policy's part and the expert's
+
+    def __post_init__(self):
+        super().__post_init__()
+        low, high = self.handover_s
+        if not self.checkpoint or not 0 < low <= high < self.time_limit_s:
+            raise ValueError(f"a takeover needs a checkpoint and 0 < handover min <= max < the "
+                             f"time limit {self.time_limit_s} s, got {self.checkpoint!r}, "
+                             f"{self.handover_s}")
+
+
+@dataclass(frozen=True)
 class ViewSettings:
     task: str = "pick"
     embodiment: str = "aloha2"
@@ -162,31 +180,36 @@ class _Expert(_Collector):
     def run(self, seed: int):
         """One episode on scene `seed` -> (Episode, why it failed or None); (None, why) when the
         planner cannot plan the scene at all."""
+        self.sim.reset(seed)
+        return self._demonstrate(seed, object_snapshot(self.sim), _Frames(self.cameras))
+
+    def _demonstrate(self, seed: int, before: dict, frames: _Frames):
+        """The expert plans from wherever the robot is now and executes to the end, appending to
+        `frames` (which may hold the steps of a policy it takes over from); judged against the
+        scene as it was at the start (`before`)."""
         from bimanual_core.instructions import parse_instruction
         from instruction_server.success import judge
         from vla_backbone_node.policy import PolicyError, PolicyObservation
         from vla_data.lerobot import Episode
 
         sim, policy = self.sim, self.policy
-        sim.reset(seed)
         instruction = sim.instruction
         policy.reset(instruction, sim.task)
-        before = object_snapshot(sim)
+        expert_from = len(frames.states)
         dt = self.embodiment.control_period
         replan = max(1, int(round(self.settings.replan_s / dt)))
-        max_steps = int(self.settings.time_limit_s / dt)
+        max_steps = int(self.settings.time_limit_s / dt) - expert_from
         settle_steps = int(round(self.settings.hold_s / dt))
         noise = ActionNoise(len(self.embodiment.joint_names), self.embodiment.gripper_indices,
                             self.settings.action_noise, self.settings.noise_time_s, dt,
                             np.random.default_rng([seed, 1]))
-        states, actions, targets, images = [], [], [], {c: [] for c in self.cameras}
         latest: dict[str, np.ndarray] = {}
         chunk, done_at, refused = None, None, None
-        for step in range(max_steps):
-            if step % self.camera_every == 0:
+        for step in range(expert_from, expert_from + max_steps):
+            if step % self.camera_every == 0 or not latest:
                 latest = self.render()
             q = sim.joint_positions()
-            if step % replan == 0 and done_at is None:
+            if (step - expert_from) % replan == 0 and done_at is None:
                 try:
                     chunk = policy.infer(PolicyObservation(sim.time, q, instruction=instruction))
                 except PolicyError as exc:     # a scene the planner cannot solve: a failed episode
@@ -197,24 +220,78 @@ class _Expert(_Collector):
                     done_at = step
             row = chunk[min(offset, len(chunk) - 1)]
             offset += 1
-            states.append(q)
-            actions.append(row)
-            targets.append(sim.task_object_positions())
-            for c in self.cameras:
-                images[c].append(latest[c])      # the same array object: no copy per frame
+            frames.add(q, row, sim.task_object_positions(), latest)
             sim.step(row + noise())
             if done_at is not None and offset >= len(chunk) + settle_steps:
                 break
+        policy.stop()
         if refused:
-            policy.stop()
             return None, refused                # no episode to keep, even with keep_failures
+        if len(frames.states) == expert_from:
+            return None, "no time was left for the expert"
         verdict = judge(parse_instruction(instruction, sim.task), before, object_snapshot(sim),
                         self.criteria)
-        policy.stop()
-        episode = Episode(task=instruction, states=np.array(states), actions=np.array(actions),
-                          images=images, success=verdict.success,
-                          environment_state=np.array(targets))
+        episode = Episode(task=instruction, states=np.array(frames.states),
+                          actions=np.array(frames.actions), images=frames.images,
+                          success=verdict.success, environment_state=np.array(frames.targets),
+                          expert_from=expert_from)
         return episode, None if verdict.success else verdict.reason
+
+
+class _Frames:
+    """The rows of an episode being recorded: joints, command, object positions, images."""
+
+    def __init__(self, cameras: tuple[str, ...]):
+        self.states, self.actions, self.targets = [], [], []
+        self.images: dict[str, list[np.ndarray]] = {c: [] for c in cameras}
+
+    def add(self, state: np.ndarray, action: np.ndarray, targets: np.ndarray,
+            images: dict[str, np.ndarray]) -> None:
+        self.states.append(np.array(state))
+        self.actions.append(np.array(action))
+        self.targets.append(targets)
+        for c, frames in self.images.items():
+            frames.append(images[c])         # the same array object: no copy per frame
+
+
+class _Takeover(_Expert):
+    """The learned policy drives, the expert takes over and finishes. Plain demonstrations only
+    show the expert's own states; a policy that drifts (e.g. closes its gripper beside the
+    object) reaches states no demonstration labels. Here the expert labels exactly those, with
+    the way to success from them. An episode is kept only where there is something to correct:
+    not when the policy already holds the object at the handover (the expert's fresh plan would
+    open the gripper) or has ended the episode itself."""
+
+    def __init__(self, settings: TakeoverSettings):
+        from vla_model.policy import LearnedPolicy
+        from vla_model.rollout import Rollout, RolloutSettings
+
+        super().__init__(settings)
+        learned = LearnedPolicy(self.embodiment, settings.checkpoint, device="cpu", threads=1)
+        self.rollout = Rollout(learned, RolloutSettings(
+            task=settings.task, embodiment=settings.embodiment,
+            time_limit_s=settings.time_limit_s), sim=self.sim)
+        missing = set(self.cameras) - set(self.rollout.cameras)
+        if missing:
+            raise ValueError(f"the checkpoint does not see cameras {sorted(missing)}: record "
+                             f"only its cameras ({', '.join(self.rollout.cameras)})")
+
+    def run(self, seed: int):
+        sim = self.sim
+        handover = float(np.random.default_rng([seed, 3]).uniform(*self.settings.handover_s))
+        frames, before = _Frames(self.cameras), {}
+
+        def visit(joints, images, command):
+            if not frames.states:          # the scene as reset, before anything moved
+                before.update(object_snapshot(sim))
+            frames.add(joints, command, sim.task_object_positions(), images)
+
+        result = self.rollout.run(seed, visit, handover_s=handover)
+        if result.cause != "handed_over":
+            return None, f"the policy ended the episode before the handover: {result.reason}"
+        if sim.grasped_by(sim.scene.objects[0].name):
+            return None, f"the policy holds the object at the handover ({handover:.1f} s)"
+        return self._demonstrate(seed, before, frames)
 
 
 def ground_truth_locate(sim) -> Callable:
@@ -241,7 +318,8 @@ _WORKER: _Collector | None = None
 def _worker_init(settings: ExpertSettings | ViewSettings) -> None:
     global _WORKER
     os.environ.setdefault("MUJOCO_GL", "egl")
-    _WORKER = _Viewer(settings) if isinstance(settings, ViewSettings) else _Expert(settings)
+    kind = {ViewSettings: _Viewer, TakeoverSettings: _Takeover}.get(type(settings), _Expert)
+    _WORKER = kind(settings)
 
 
 def _worker_run(seed: int):
@@ -289,7 +367,8 @@ def _collect(out, settings, seed_log: str, episodes: int, seed: int, workers: in
             seeds.add(s)
             rate = n / (time.monotonic() - t0)
             frames = len(episode) if episode is not None else 0
-            say(f"[record] {n}/{len(todo)} seed {s}: {'FAILED' if failure else 'ok'} "
+            outcome = f"FAILED: {failure}" if failure else "ok"
+            say(f"[record] {n}/{len(todo)} seed {s}: {outcome} "
                 f"({frames} frames) | kept {kept}, {rate * 60:.1f} episodes/min, "
                 f"eta {(len(todo) - n) / rate:.0f} s")
     return {"dataset": str(out), "episodes_kept": kept, "episodes_total": writer.num_episodes,

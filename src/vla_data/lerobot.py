@@ -12,9 +12,11 @@ episode, 1000 files per chunk), and the metadata is rewritten after every episod
 that dies loses at most the episode in flight, and `LeRobotWriter(root, resume=True)` appends to
 an existing dataset. Frames are at the control rate (`fps`); a camera slower than that repeats its
 latest image, which is what the policy saw. Beyond the standard columns, `next.success` marks the
-last frame of a successful episode and the episodes table has a `success` column. Where the
-collector knows the world's state (simulation), `observation.environment_state` holds it per frame
-(LeRobot's key for object state; here the position of the object the instruction acts on).
+last frame of a successful episode and the episodes table has a `success` column and an
+`expert_from` one (the first frame whose action is the expert's: 0 but in takeover episodes).
+Where the collector knows the world's state (simulation), `observation.environment_state` holds it
+per frame (LeRobot's key for object state; here the position of the object the instruction acts
+on).
 """
 from __future__ import annotations
 
@@ -54,6 +56,9 @@ class Episode:
     images: Mapping[str, Sequence[np.ndarray]]
     success: bool = False
     environment_state: np.ndarray | None = None   # (T, E) world state per frame, when known
+    # First frame whose action is the expert's. A takeover episode (DAgger-style) starts with
+    # the policy being corrected driving; its frames are kept as context, never as labels.
+    expert_from: int = 0
 
     def __post_init__(self):
         self.states = np.asarray(self.states, np.float32)
@@ -72,6 +77,9 @@ class Episode:
             raise DatasetError("states or actions contain NaN or inf")
         if not self.task:
             raise DatasetError("an episode needs its task (the instruction)")
+        if not 0 <= self.expert_from < len(self.states):
+            raise DatasetError(f"expert_from {self.expert_from} is not a frame of the "
+                               f"{len(self.states)}-frame episode")
         for camera, frames in self.images.items():
             if len(frames) != len(self.states):
                 raise DatasetError(f"camera {camera!r} has {len(frames)} frames for "
@@ -226,7 +234,8 @@ class LeRobotWriter:
         data_path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, data_path)
         row = {"episode_index": index, "tasks": [episode.task], "length": n,
-               "success": bool(episode.success), "data/chunk_index": loc["chunk_index"],
+               "success": bool(episode.success), "expert_from": int(episode.expert_from),
+               "data/chunk_index": loc["chunk_index"],
                "data/file_index": loc["file_index"], "dataset_from_index": start,
                "dataset_to_index": start + n,
                "meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0}
@@ -341,6 +350,10 @@ class LeRobotDataset:
 
     def success(self, index: int) -> bool:
         return bool(self.episodes[index].get("success", True))
+
+    def expert_from(self, index: int) -> int:
+        """First frame whose action is the expert's (0 but in takeover episodes)."""
+        return int(self.episodes[index].get("expert_from") or 0)
 
     def frames(self, index: int, camera: str) -> np.ndarray:
         """(T, H, W, 3) uint8 frames of one camera for one episode."""

@@ -12,8 +12,8 @@ policy says done, the outcome is judged `settle_s` later from the simulator's st
 episode fails at the time limit. A 60 s ROS episode costs ~120 s of wall time; here ~3x less, so
 checkpoints can be compared on 10-20 seeds in minutes (`bench/rollout.py`).
 
-`visit` (an optional callback) sees every control step: what a diagnosis traces, or what a DAgger
-round would relabel with the expert's action (not built yet).
+`visit` (an optional callback) sees every control step: what a diagnosis traces, or the frames a
+takeover episode keeps before the expert takes over (`vla_data.expert.TakeoverSettings`).
 """
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ class RolloutResult:
     seed: int
     success: bool
     reason: str
-    cause: str                       # "" | "time_limit" | "judged" (done, but the check failed)
+    cause: str                       # "" | "time_limit" | "judged" (done, failed) | "handed_over"
     sim_duration_s: float
     wall_duration_s: float
     done_at_s: float | None          # sim time the policy first said done
@@ -73,7 +73,10 @@ class RolloutResult:
 class Rollout:
     """One simulator and one policy, reused across seeded episodes."""
 
-    def __init__(self, policy: Policy, settings: RolloutSettings = RolloutSettings()):
+    def __init__(self, policy: Policy, settings: RolloutSettings = RolloutSettings(),
+                 sim=None):
+        """`sim`: an `AlohaSim` of the settings' embodiment and task to drive (default: a new
+        one); whoever passes it closes it."""
         os.environ.setdefault("MUJOCO_GL", "egl")
         from action_decoder_node.safety import SafetyLimiter
         from aloha_driver.sim import AlohaSim
@@ -83,7 +86,8 @@ class Rollout:
         self.settings = settings
         self.policy = policy
         self.embodiment = emb = load_embodiment(settings.embodiment)
-        self.sim = AlohaSim(emb, settings.task, seed=0)
+        self._owns_sim = sim is None
+        self.sim = AlohaSim(emb, settings.task, seed=0) if sim is None else sim
         model = getattr(policy, "model", None)      # a learned policy renders only its cameras
         self.cameras = tuple(model.config.cameras if model is not None else emb.cameras)
         rate = float(emb.simulation.get("camera_rate_hz", 10.0))
@@ -102,10 +106,12 @@ class Rollout:
                            conditioning_steps=emb.chunk_horizon if s.blend == "rtc" else 0,
                            latency=LatencyEstimator(initial_s=s.latency_s))
 
-    def run(self, seed: int, visit: Callable[[np.ndarray, dict, np.ndarray], None] | None = None
-            ) -> RolloutResult:
+    def run(self, seed: int, visit: Callable[[np.ndarray, dict, np.ndarray], None] | None = None,
+            handover_s: float | None = None) -> RolloutResult:
         """One episode on scene `seed`. `visit(joints, images, command)` is called every control
-        step with the measured joints, the cameras' latest frames and the command sent."""
+        step with the measured joints, the cameras' latest frames and the command sent. With
+        `handover_s`, the policy stops after that many simulated seconds (cause "handed_over")
+        and the simulator stays as it left it, for an expert to take over."""
         from action_decoder_node.controller import Chunk
         from bimanual_core.instructions import parse_instruction
         from instruction_server.success import judge
@@ -160,10 +166,16 @@ class Rollout:
                 break
             if sim.time - t_start >= s.time_limit_s:
                 break
+            if handover_s is not None and done_at is None and sim.time - t_start >= handover_s:
+                break
         policy.stop()
         final_rise = float(sim.target_position()[2]) - z0
         wall = time.monotonic() - wall0
         duration = sim.time - t_start
+        if handover_s is not None and done_at is None and duration < s.time_limit_s:
+            return RolloutResult(seed, False, f"handed over after {duration:.1f} s",
+                                 "handed_over", duration, wall, None, max_rise, final_rise,
+                                 requests, progress)
         if done_at is None:
             return RolloutResult(seed, False, f"time limit of {s.time_limit_s:.0f} s exceeded",
                                  "time_limit", duration, wall, None, max_rise, final_rise,
@@ -175,5 +187,6 @@ class Rollout:
                              done_at - t_start, max_rise, final_rise, requests, progress)
 
     def close(self) -> None:
-        self.sim.close()
+        if self._owns_sim:
+            self.sim.close()
 

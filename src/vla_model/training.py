@@ -110,7 +110,7 @@ class DemoSet:
         self.views = views
         self.states, self.actions, self.features, self.tasks = [], [], [], []
         self.points: list[np.ndarray | None] = []
-        self.camera_masks, self.periods = [], []
+        self.camera_masks, self.periods, self.expert_from = [], [], []
         task_texts: dict[str, int] = {}
         for root in roots:
             data = LeRobotDataset(root)
@@ -139,13 +139,17 @@ class DemoSet:
                 self.tasks.append(task_texts.setdefault(data.task(i), len(task_texts)))
                 self.camera_masks.append(camera_mask)
                 self.periods.append(1.0 / data.fps)
+                self.expert_from.append(0 if views else data.expert_from(i))
         if not self.states:
             raise ValueError(f"no {'view' if views else 'successful'} episodes in {roots}")
         if views and any(p is None for p in self.points):
             raise ValueError(f"view datasets {roots} must record {ENV_STATE_KEY}")
         self.task_texts = list(task_texts)
         self.text, self.text_mask = text(self.task_texts)
-        self.index = np.array([(e, t) for e, s in enumerate(self.states) for t in range(len(s))])
+        # A takeover episode's frames before the expert took over are context (elapsed time,
+        # conditioning), not training samples: their labels would be the corrected policy's.
+        self.index = np.array([(e, t) for e, s in enumerate(self.states)
+                               for t in range(self.expert_from[e], len(s))])
         self.motion_end = [motion_end(a) for a in self.actions]
 
     def _features(self, data: LeRobotDataset, model: BimanualVLAModel, device, say):
