@@ -12,6 +12,11 @@ simulator judges success with the same rule as the instruction server.
 
 Scenes come from `vla_data.collection.DEMO_SEED_BASE` on, apart from the evaluation's seeds.
 
+`TakeoverSettings` records corrections instead (DAgger's idea, with the expert taking over as in
+HG-DAgger): a learned checkpoint drives until a handover time, then the expert re-plans from the
+state the policy reached and finishes. The policy's frames stay in the episode as context
+(`expert_from` marks where the expert's begin); training learns actions only from the expert's.
+
 `generate_views` writes the other half of co-training data: pointing views. Gemini Robotics trains
 its VLA on embodied-reasoning data besides actions; here that is "where is the object the
 instruction names", learned from many more object layouts than demonstrations can show. A
