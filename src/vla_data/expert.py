@@ -203,14 +203,13 @@ class _Expert(_Collector):
         expert_from = len(frames.states)
         dt = self.embodiment.control_period
         replan = max(1, int(round(self.settings.replan_s / dt)))
-        max_steps = int(self.settings.time_limit_s / dt) - expert_from
         settle_steps = int(round(self.settings.hold_s / dt))
         noise = ActionNoise(len(self.embodiment.joint_names), self.embodiment.gripper_indices,
                             self.settings.action_noise, self.settings.noise_time_s, dt,
                             np.random.default_rng([seed, 1]))
         latest: dict[str, np.ndarray] = {}
         chunk, done_at, refused = None, None, None
-        for step in range(expert_from, expert_from + max_steps):
+        for step in range(expert_from, int(self.settings.time_limit_s / dt)):
             if step % self.camera_every == 0 or not latest:
                 latest = self.render()
             q = sim.joint_positions()
