@@ -144,6 +144,7 @@ def test_takeover_episode_keeps_the_policy_frames_as_context_only(tmp_path):
     from vla_model.modeling import BimanualVLAModel
     from vla_model.processing import TextEncoder
     from vla_model.training import DemoSet
+    torch.manual_seed(0)                # one untrained policy, so one path for the expert
     model = BimanualVLAModel.from_encoders(tiny_config())
     model.save_pretrained(tmp_path / "ckpt")
     with pytest.raises(ValueError, match="checkpoint"):
