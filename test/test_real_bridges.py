@@ -31,6 +31,7 @@ pytestmark = pytest.mark.slow
 ALOHA = load_embodiment("aloha2")
 FRANKA = load_embodiment("franka_duo")
 TIMEOUT_S = 20.0
+RESEND_S = 5.0              # a command unanswered this long was dropped (see the Franka test)
 VX300S_STATE = ["waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate",
                 "gripper", "left_finger", "right_finger"]
 VX300S_ARM_GROUP = VX300S_STATE[:6]
@@ -67,6 +68,7 @@ class FakeRobot:
             JointTrajectory, emb.driver["joint_trajectory_topic"], RELIABLE_QOS)
         self.state_pubs: dict[str, object] = {}
         self.recorders: dict[str, object] = {}
+        self.log = None                         # the running bridge's log file
 
     def record(self, msg_type, topic, qos=RELIABLE_QOS):
         got: list = []
@@ -94,7 +96,11 @@ class FakeRobot:
 
     def spin_until(self, predicate, what, step=None, timeout=TIMEOUT_S, period=0.02):
         if not spin_until(self.executor, predicate, timeout, every(period, step)):
-            pytest.fail(f"timed out waiting for {what}")
+            self.fail_waiting(what)
+
+    def fail_waiting(self, what):
+        tail = self.log.read_text().splitlines()[-10:] if self.log and self.log.exists() else []
+        pytest.fail("\n".join([f"timed out waiting for {what}; the bridge's log ends:", *tail]))
 
     def send_position(self, values):
         self.position_pub.publish(Float64MultiArray(data=[float(v) for v in values]))
@@ -103,6 +109,7 @@ class FakeRobot:
     def bridge(self, executable, log):
         """The bridge process for this embodiment, once it listens to the stack's commands."""
         with node_process(executable, {"embodiment": self.emb.name}, log):
+            self.log = log
             self.spin_until(lambda: self.position_pub.get_subscription_count() > 0,
                             "the bridge to subscribe to the stack's commands")
             yield
@@ -316,19 +323,31 @@ def test_franka_bridge_trajectories_per_arm_and_one_gripper_goal_per_crossing(fr
     # In lockstep (the next command once the last one's trajectories arrived): commands sent
     # faster than the bridge handles them overflow its subscription queue (it was seen to stall
     # for a few hundred ms around its first gripper goals), and this test counts one trajectory
-    # per command.
+    # per command. CI once saw command 10 of 25 go unanswered. The likely cause: this process,
+    # which also plays the robot's state streams, stalled for more than state_timeout_s just
+    # before sending it, and the bridge rightly refused a command that found the states stale.
+    # So fresh states go out right before each command, and one still unanswered after RESEND_S
+    # is sent again, as the decoder's next 50 Hz command would follow it on a real robot.
     sequence = [1.0] * 5 + [0.5] * 5 + [0.1] * 10 + [0.9] * 5
-    for sent, g in enumerate(sequence, start=1):
+    sends = 0
+    for answered, g in enumerate(sequence, start=1):
         t = target.copy()
         t[FRANKA.gripper_indices] = g
-        robot.send_position(t)
-        robot.spin_until(lambda: all(len(v) >= sent for v in robot.traj.values()),
-                         f"the trajectories of command {sent}", step=states)
+        for _ in range(3):
+            states()
+            robot.send_position(t)
+            sends += 1
+            if spin_until(robot.executor, lambda: all(len(v) >= answered
+                                                      for v in robot.traj.values()),
+                          RESEND_S, every(0.02, states)):
+                break
+        else:
+            robot.fail_waiting(f"the trajectories of command {answered}")
     robot.spin_until(lambda: len(robot.goals[("/right", "move")]) >= 2, "the gripper goals",
                      step=states)
     for ns, arm, prefix in (("/left", "left_arm", "left_"), ("/right", "right_arm", "right_")):
         msgs = [m for _, m in robot.traj[ns]]
-        assert len(msgs) == len(sequence)
+        assert len(sequence) <= len(msgs) <= sends
         last = msgs[-1]
         assert list(last.joint_names) == [f"{prefix}fr3_joint{k}" for k in range(1, 8)]
         assert len(last.points) == 1
