@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from bimanual_core.config import load_embodiment
+from vla_backbone_node.policy import Policy, PolicyState
 from vla_data.expert import ActionNoise, ExpertSettings
 
 EMB = load_embodiment("aloha2")
@@ -134,19 +135,26 @@ def test_grasped_by_tells_a_grasp_from_a_gripper_closed_beside_the_object():
         expert.close()
 
 
+def tiny_checkpoint(path):
+    """A tiny untrained checkpoint saved at `path`, seeded: one policy, so one path for the
+    expert that takes over from it."""
+    from test_vla_model import tiny_config
+    from vla_model.modeling import BimanualVLAModel
+    torch.manual_seed(0)
+    model = BimanualVLAModel.from_encoders(tiny_config())
+    model.save_pretrained(path)
+    return model
+
+
 @pytest.mark.slow
 def test_takeover_episode_keeps_the_policy_frames_as_context_only(tmp_path):
     """A tiny untrained checkpoint drives for its drawn handover time (it never grasps), the
     expert re-plans from there and picks the cube; training samples only the expert's frames."""
-    from test_vla_model import tiny_config
     from vla_data.expert import TakeoverSettings, generate
     from vla_data.lerobot import LeRobotDataset
-    from vla_model.modeling import BimanualVLAModel
     from vla_model.processing import TextEncoder
     from vla_model.training import DemoSet
-    torch.manual_seed(0)                # one untrained policy, so one path for the expert
-    model = BimanualVLAModel.from_encoders(tiny_config())
-    model.save_pretrained(tmp_path / "ckpt")
+    model = tiny_checkpoint(tmp_path / "ckpt")
     with pytest.raises(ValueError, match="checkpoint"):
         TakeoverSettings()
     with pytest.raises(ValueError, match="handover"):
@@ -164,6 +172,47 @@ def test_takeover_episode_keeps_the_policy_frames_as_context_only(tmp_path):
                     5, torch.device("cpu"), print)
     frames = demos.index[:, 1]
     assert frames.min() == handover and len(frames) == len(table["action"]) - handover
+
+
+class DoneAtOncePolicy(Policy):
+    """Holds the arms where they are and declares the task done at its first chunk."""
+
+    name = "done_at_once"
+
+    def reset(self, instruction, task=""):
+        self.asked = False
+
+    def infer(self, observation, conditioning=None):
+        self.asked = True
+        return np.repeat(self.check_observation(observation).joint_positions[None],
+                         self.horizon, axis=0)
+
+    def stop(self):
+        pass
+
+    def status(self):
+        return PolicyState(phase="done", progress=1.0, done=True) if self.asked else PolicyState()
+
+
+@pytest.mark.slow
+def test_takeover_corrects_a_policy_that_says_done_without_success(tmp_path):
+    """A policy that declares done before touching anything is judged failed settle_s later;
+    the expert takes over from there at once rather than the scene being dropped."""
+    from vla_data.expert import TakeoverSettings, _Takeover
+    model = tiny_checkpoint(tmp_path / "ckpt")
+    settings = TakeoverSettings(cameras=tuple(model.config.cameras),
+                                checkpoint=str(tmp_path / "ckpt"),
+                                handover_s=(30.0, 35.0))
+    takeover = _Takeover(settings)
+    try:
+        takeover.rollout.policy = DoneAtOncePolicy(EMB)
+        episode, why = takeover.run(100_000)
+    finally:
+        takeover.close()
+    assert episode is not None and episode.success, why
+    settle = takeover.rollout.settings.settle_s
+    assert settle / EMB.control_period <= episode.expert_from <= 5.0 / EMB.control_period
+    assert episode.environment_state[-1, 2] > 0.05                    # the expert lifted it
 
 
 def test_motion_end_is_where_the_actions_stop_changing():

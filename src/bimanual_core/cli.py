@@ -492,7 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
     rex.add_argument("--handover", type=float, nargs=2, default=(3.0, 15.0),
                      metavar=("MIN_S", "MAX_S"),
                      help="with --takeover: the handover time, uniform in [MIN_S, MAX_S] of "
-                          "simulated time per scene")
+                          "simulated time per scene; earlier where the policy says done and "
+                          "the task is judged undone")
     rex.set_defaults(func=cmd_record_expert)
 
     rv = sub.add_parser("record-views", help="pointing views for co-training (many object "
