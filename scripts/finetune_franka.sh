@@ -40,7 +40,8 @@ bimanual-vla finetune --checkpoint default --data data/demos_pick_franka_dart \
   --out runs/franka_base --seed 0 --steps "$STEPS" --batch-size 48 --lr 5e-4 --image-stride 10 \
   --elapsed-delay 3.0 --progress-to-hold --save-every 300 --eval-every 300
 # The takeover round: runs/franka_base drives new scenes, the expert takes over at 3-15 s and
-# finishes; the budget of 100 demonstrations counts these (74 + 26).
+# finishes; the budget of 100 demonstrations counts these (74 + 25 = 99 in the recorded round;
+# --max-demos 100 caps a round that keeps more).
 bimanual-vla record-expert --task pick --embodiment franka_duo --episodes "$TAKEOVER_SEEDS" \
   --seed 140000 --takeover runs/franka_base --handover 3 15 --out data/takeover_franka \
   --action-noise 0.015 --noise-time 0.5 --hold 3.0 --workers 2 --resume
