@@ -197,18 +197,21 @@ class DoneAtOncePolicy(Policy):
 @pytest.mark.slow
 def test_takeover_corrects_a_policy_that_says_done_without_success(tmp_path):
     """A policy that declares done before touching anything is judged failed settle_s later;
-    the expert takes over from there at once rather than the scene being dropped."""
+    with `on_done` the expert takes over from there at once, without it the scene is dropped."""
     from vla_data.expert import TakeoverSettings, _Takeover
     model = tiny_checkpoint(tmp_path / "ckpt")
-    settings = TakeoverSettings(cameras=tuple(model.config.cameras),
-                                checkpoint=str(tmp_path / "ckpt"),
-                                handover_s=(30.0, 35.0))
-    takeover = _Takeover(settings)
-    try:
-        takeover.rollout.policy = DoneAtOncePolicy(EMB)
-        episode, why = takeover.run(100_000)
-    finally:
-        takeover.close()
+    outcomes = {}
+    for on_done in (False, True):
+        takeover = _Takeover(TakeoverSettings(cameras=tuple(model.config.cameras),
+                                              checkpoint=str(tmp_path / "ckpt"),
+                                              handover_s=(30.0, 35.0), on_done=on_done))
+        try:
+            takeover.rollout.policy = DoneAtOncePolicy(EMB)
+            outcomes[on_done] = takeover.run(100_000)
+        finally:
+            takeover.close()
+    assert outcomes[False][0] is None and "before the handover" in outcomes[False][1]
+    episode, why = outcomes[True]
     assert episode is not None and episode.success, why
     settle = takeover.rollout.settings.settle_s
     assert settle / EMB.control_period <= episode.expert_from <= 5.0 / EMB.control_period
@@ -311,10 +314,11 @@ def test_cli_passes_the_recovery_options_on(monkeypatch):
             seen["expert"].hold_s) == (0.03, 0.4, 3.0)
     seen.clear()
     args = parser.parse_args(["record-expert", "--out", "x", "--takeover", "default",
-                              "--handover", "2", "9"])
+                              "--handover", "2", "9", "--handover-on-done"])
     args.func(args)
     takeover = seen.pop("expert")        # with the cameras of the checkpoint that drives
     assert takeover.handover_s == (2.0, 9.0) and takeover.checkpoint.endswith("models/default")
+    assert takeover.on_done
     assert takeover.cameras == ("cam_high", "cam_left_wrist", "cam_right_wrist")
     for bad in (["--handover", "9", "2"], ["--takeover", "no_such_checkpoint"]):
         args = parser.parse_args(["record-expert", "--out", "x", "--takeover", "default", *bad])

@@ -277,7 +277,8 @@ def cmd_record_expert(args) -> int:
             common["cameras"] = common["cameras"] or tuple(
                 BimanualVLAConfig.from_pretrained(checkpoint).cameras)
             settings = TakeoverSettings(**common, checkpoint=checkpoint,
-                                        handover_s=tuple(args.handover))
+                                        handover_s=tuple(args.handover),
+                                        on_done=args.handover_on_done)
         else:
             settings = ExpertSettings(**common)
     except (OSError, ValueError) as exc:
@@ -492,8 +493,10 @@ def build_parser() -> argparse.ArgumentParser:
     rex.add_argument("--handover", type=float, nargs=2, default=(3.0, 15.0),
                      metavar=("MIN_S", "MAX_S"),
                      help="with --takeover: the handover time, uniform in [MIN_S, MAX_S] of "
-                          "simulated time per scene; earlier where the policy says done and "
-                          "the task is judged undone")
+                          "simulated time per scene")
+    rex.add_argument("--handover-on-done", action="store_true",
+                     help="with --takeover: also hand over where the policy says done and the "
+                          "task is judged undone (settle_s later)")
     rex.set_defaults(func=cmd_record_expert)
 
     rv = sub.add_parser("record-views", help="pointing views for co-training (many object "

@@ -95,10 +95,12 @@ class ActionNoise:
 class TakeoverSettings(ExpertSettings):
     """Corrections on the learned policy's own states (DAgger-style, as HG-DAgger's expert
     takes over): `checkpoint` drives each scene until a handover time drawn uniformly from
-    `handover_s`, or until it says done and the success judge (settle_s later) finds the task
-    undone; then the expert re-plans from wherever the robot is and finishes."""
+    `handover_s` (with `on_done`, also until it says done and the success judge, settle_s
+    later, finds the task undone); then the expert re-plans from wherever the robot is and
+    finishes."""
     checkpoint: str = ""
     handover_s: tuple[float, float] = (3.0, 15.0)
+    on_done: bool = False
     time_limit_s: float = 40.0        # the whole episode: the policy's part and the expert's
 
     def __post_init__(self):
@@ -263,10 +265,11 @@ class _Takeover(_Expert):
     """The learned policy drives, the expert takes over and finishes. Plain demonstrations only
     show the expert's own states; a policy that drifts (e.g. closes its gripper beside the
     object) reaches states no demonstration labels. Here the expert labels exactly those, with
-    the way to success from them. A policy that declares done too early (its gripper closed on
-    nothing, the object never lifted) is corrected from where it stopped. An episode is kept
-    only where there is something to correct: not when the policy already holds the object at
-    the handover (the expert's fresh plan would open the gripper) or succeeded on its own."""
+    the way to success from them; with `on_done`, also a policy that declares done too early
+    (its gripper closed on nothing, the object never lifted), from where it stopped. An episode
+    is kept only where there is something to correct: not when the policy already holds the
+    object at the handover (the expert's fresh plan would open the gripper) or ended the
+    episode before it."""
 
     def __init__(self, settings: TakeoverSettings):
         from vla_model.policy import LearnedPolicy
@@ -293,8 +296,9 @@ class _Takeover(_Expert):
             frames.add(joints, command, sim.task_object_positions(), images)
 
         result = self.rollout.run(seed, visit, handover_s=handover)
-        if result.success:          # the handover is never later than the time limit
-            return None, f"the policy succeeded before the handover: {result.reason}"
+        handed_over = ("handed_over", "judged") if self.settings.on_done else ("handed_over",)
+        if result.cause not in handed_over:
+            return None, f"the policy ended the episode before the handover: {result.reason}"
         if sim.grasped_by(sim.scene.objects[0].name):
             return None, (f"the policy holds the object at the handover "
                           f"({result.sim_duration_s:.1f} s)")
