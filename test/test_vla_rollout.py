@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from bimanual_core.config import load_embodiment
-from vla_backbone_node.policy import Policy, PolicyState
+from test_backbone_policy import HoldPolicy
+from vla_backbone_node.policy import PolicyState
 from vla_data.expert import ActionNoise, ExpertSettings
 
 EMB = load_embodiment("aloha2")
@@ -174,21 +175,18 @@ def test_takeover_episode_keeps_the_policy_frames_as_context_only(tmp_path):
     assert frames.min() == handover and len(frames) == len(table["action"]) - handover
 
 
-class DoneAtOncePolicy(Policy):
+class DoneAtOncePolicy(HoldPolicy):
     """Holds the arms where they are and declares the task done at its first chunk."""
 
     name = "done_at_once"
 
     def reset(self, instruction, task=""):
+        super().reset(instruction, task)
         self.asked = False
 
     def infer(self, observation, conditioning=None):
         self.asked = True
-        return np.repeat(self.check_observation(observation).joint_positions[None],
-                         self.horizon, axis=0)
-
-    def stop(self):
-        pass
+        return super().infer(observation, conditioning)
 
     def status(self):
         return PolicyState(phase="done", progress=1.0, done=True) if self.asked else PolicyState()
